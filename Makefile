@@ -1,0 +1,77 @@
+# wasme: build, test and release targets, named as in a kubebuilder project.
+
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+
+# Pinned tools are built from hack/tools/<tool>/go.mod into this cache, once per pin.
+export WASME_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/wasme-tools
+TOOL = $(shell hack/tools/build.sh $(1))
+
+VERSION ?= dev
+LDFLAGS := -X wasme.io/wasme/internal/cli.Version=$(VERSION)
+GO_TEST_FLAGS ?=
+
+.PHONY: all
+all: build
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  %-16s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: ## Generate the CRD and one RBAC role per component from the code's markers.
+	$(call TOOL,controller-gen) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
+	$(call TOOL,controller-gen) rbac:roleName=wasme-operator paths=./internal/operator/... output:rbac:artifacts:config=config/rbac/operator
+	$(call TOOL,controller-gen) rbac:roleName=wasme-cache paths=./internal/nodecache/... output:rbac:artifacts:config=config/rbac/cache
+
+.PHONY: generate
+generate: ## Generate deepcopy code for the API types.
+	$(call TOOL,controller-gen) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+
+.PHONY: build-installer
+build-installer: manifests ## Render deploy/crds.yaml and deploy/wasme.yaml, the two install files.
+	@mkdir -p deploy
+	$(call TOOL,kustomize) build config/crd > deploy/crds.yaml.tmp && mv deploy/crds.yaml.tmp deploy/crds.yaml
+	$(call TOOL,kustomize) build config/default > deploy/wasme.yaml.tmp && mv deploy/wasme.yaml.tmp deploy/wasme.yaml
+
+.PHONY: fmt
+fmt: ## Run gofmt on the code.
+	gofmt -l -w $$(git ls-files '*.go' | grep -v '^hack/tools/')
+
+.PHONY: vet
+vet: ## Run go vet.
+	go vet ./...
+
+.PHONY: tidy
+tidy: ## Tidy go.mod of the main module and of each tool module.
+	go mod tidy
+	for d in hack/tools/*/; do (cd $$d && go mod tidy); done
+
+.PHONY: verify
+verify: generate manifests build-installer tidy fmt vet ## Regenerate everything and fail if the tree changed.
+	@if [ -n "$$(git status --porcelain)" ]; then \
+		echo "make verify: the tree is not clean after regeneration:"; git status --porcelain; git --no-pager diff --stat; exit 1; fi
+
+.PHONY: tools
+tools: ## Build the pinned test tools (etcd, kube-apiserver, controller-gen, kustomize) into the tool cache.
+	hack/tools/build.sh etcd kube-apiserver controller-gen kustomize >/dev/null
+
+##@ Build and test
+
+.PHONY: build
+build: ## Build bin/wasme.
+	go build -ldflags "$(LDFLAGS)" -o bin/wasme ./cmd/wasme
+
+.PHONY: test
+test: ## Run every test against a real kube-apiserver and etcd.
+	@assets=$$(hack/tools/build.sh --assets) && \
+	  echo ">> KUBEBUILDER_ASSETS=$$assets" && \
+	  KUBEBUILDER_ASSETS=$$assets go test $(GO_TEST_FLAGS) ./...
+
+.PHONY: clean
+clean: ## Remove build output (the tool cache stays).
+	rm -rf bin

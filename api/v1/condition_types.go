@@ -1,0 +1,45 @@
+package v1
+
+// Condition types, after the kstatus conventions: Ready is normal-true; Reconciling and
+// Stalled are abnormal-true and absent when all is well.
+const (
+	// ReadyCondition is True when the filter runs on every selected workload.
+	ReadyCondition = "Ready"
+	// ReconcilingCondition is True while the operator is still working toward Ready.
+	ReconcilingCondition = "Reconciling"
+	// StalledCondition is True when progress needs a change to the spec or the cluster.
+	StalledCondition = "Stalled"
+)
+
+// Condition reasons.
+const (
+	// SucceededReason: the filter is on every selected workload.
+	SucceededReason = "Succeeded"
+	// ProgressingReason: the operator is working on a new generation or a changed cluster.
+	ProgressingReason = "Progressing"
+	// InvalidSpecReason: the spec cannot be honoured as written.
+	InvalidSpecReason = "InvalidSpec"
+	// ImageFailedReason: the image could not be resolved, pulled or validated.
+	ImageFailedReason = "ImageFailed"
+	// CachePendingReason: node caches do not hold the module yet.
+	CachePendingReason = "CachePending"
+	// IstioNotFoundReason: the EnvoyFilter API or istiod is missing.
+	IstioNotFoundReason = "IstioNotFound"
+	// WorkloadFailedReason: a selected workload could not be patched or given its EnvoyFilter.
+	WorkloadFailedReason = "WorkloadFailed"
+	// NoWorkloadsReason: nothing matches the selector.
+	NoWorkloadsReason = "NoWorkloads"
+)
+
+const (
+	// Finalizer lets the operator remove its workload annotations before a FilterDeployment goes.
+	Finalizer = "wasme.io/finalizer"
+
+	// OperatorFieldManager owns every field the operator writes to objects it does not own.
+	OperatorFieldManager = "wasme-operator"
+	// CacheFieldManager owns what a node cache daemon writes.
+	CacheFieldManager = "wasme-cache"
+
+	// CacheDir is the node directory holding modules, mounted into the sidecars at the same path.
+	CacheDir = "/var/local/lib/wasme-cache"
+)

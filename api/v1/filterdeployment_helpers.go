@@ -1,0 +1,119 @@
+package v1
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// Type URLs accepted in the Any form of spec.filter.config.
+const (
+	StringValueType = "type.googleapis.com/google.protobuf.StringValue"
+	BytesValueType  = "type.googleapis.com/google.protobuf.BytesValue"
+	StructType      = "type.googleapis.com/google.protobuf.Struct"
+)
+
+// FilterID is spec.filter.id, or "<name>.<namespace>" when unset.
+func (fd *FilterDeployment) FilterID() string {
+	if fd.Spec.Filter.ID != "" {
+		return fd.Spec.Filter.ID
+	}
+	return fd.Name + "." + fd.Namespace
+}
+
+// WorkloadKind is the canonical spelling of spec.deployment.istio.kind.
+func (s *IstioDeploymentSpec) WorkloadKind() (string, error) {
+	switch strings.ToLower(s.Kind) {
+	case "", "deployment":
+		return "Deployment", nil
+	case "daemonset":
+		return "DaemonSet", nil
+	case "statefulset":
+		return "StatefulSet", nil
+	}
+	return "", fmt.Errorf("unknown workload kind %q, must be one of Deployment, DaemonSet, StatefulSet", s.Kind)
+}
+
+// EnvoyPatchContext maps spec.filter.patchContext to the EnvoyFilter match context.
+func (f *FilterSpec) EnvoyPatchContext() (string, error) {
+	switch strings.ToLower(f.PatchContext) {
+	case "", "inbound":
+		return "SIDECAR_INBOUND", nil
+	case "outbound":
+		return "SIDECAR_OUTBOUND", nil
+	case "gateway":
+		return "GATEWAY", nil
+	case "any":
+		return "ANY", nil
+	}
+	return "", fmt.Errorf("unknown patch context %q, must be one of any, inbound, outbound, gateway", f.PatchContext)
+}
+
+// FilterConfig is spec.filter.config decoded: the bytes the filter receives in
+// proxy_on_configure and the protobuf type they came wrapped in.
+type FilterConfig struct {
+	// TypeURL is StringValueType, BytesValueType or StructType; a plain string is StringValueType.
+	TypeURL string
+	// Value is what the filter receives: the string, the decoded bytes, or the Struct as JSON.
+	Value []byte
+}
+
+// DecodeConfig decodes spec.filter.config. A nil config decodes to an empty StringValue.
+func (f *FilterSpec) DecodeConfig() (FilterConfig, error) {
+	if f.Config == nil || len(f.Config.Raw) == 0 {
+		return FilterConfig{TypeURL: StringValueType}, nil
+	}
+	var s string
+	if err := json.Unmarshal(f.Config.Raw, &s); err == nil {
+		return FilterConfig{TypeURL: StringValueType, Value: []byte(s)}, nil
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(f.Config.Raw, &obj); err != nil {
+		return FilterConfig{}, fmt.Errorf("spec.filter.config must be a string or an object with \"@type\" and \"value\"")
+	}
+	var typeURL string
+	if err := json.Unmarshal(obj["@type"], &typeURL); err != nil || typeURL == "" {
+		return FilterConfig{}, fmt.Errorf("spec.filter.config: \"@type\" must be a type URL string")
+	}
+	for k := range obj {
+		if k != "@type" && k != "value" {
+			return FilterConfig{}, fmt.Errorf("spec.filter.config: unknown key %q, only \"@type\" and \"value\" are allowed", k)
+		}
+	}
+	raw, hasValue := obj["value"]
+	switch typeURL {
+	case StringValueType, BytesValueType:
+		var v string
+		if hasValue {
+			if err := json.Unmarshal(raw, &v); err != nil {
+				return FilterConfig{}, fmt.Errorf("spec.filter.config: \"value\" of %s must be a string", typeURL)
+			}
+		}
+		if typeURL == StringValueType {
+			return FilterConfig{TypeURL: typeURL, Value: []byte(v)}, nil
+		}
+		b, err := base64.StdEncoding.DecodeString(v)
+		if err != nil {
+			return FilterConfig{}, fmt.Errorf("spec.filter.config: \"value\" of %s must be base64: %w", typeURL, err)
+		}
+		return FilterConfig{TypeURL: typeURL, Value: b}, nil
+	case StructType:
+		var m map[string]any
+		if hasValue {
+			if err := json.Unmarshal(raw, &m); err != nil {
+				return FilterConfig{}, fmt.Errorf("spec.filter.config: \"value\" of %s must be an object", typeURL)
+			}
+		}
+		if m == nil {
+			m = map[string]any{}
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			return FilterConfig{}, fmt.Errorf("spec.filter.config: %w", err)
+		}
+		return FilterConfig{TypeURL: typeURL, Value: b}, nil
+	}
+	return FilterConfig{}, fmt.Errorf("spec.filter.config: unsupported \"@type\" %q, must be one of %s, %s, %s",
+		typeURL, StringValueType, BytesValueType, StructType)
+}

@@ -1,0 +1,245 @@
+package v1
+
+import (
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// FilterDeploymentSpec says which filter to deploy and where.
+type FilterDeploymentSpec struct {
+	// filter is the WebAssembly filter to deploy: its image, configuration and root id.
+	// +required
+	Filter FilterSpec `json:"filter"`
+
+	// deployment selects the workloads whose Envoy sidecars get the filter.
+	// +required
+	Deployment DeploymentSpec `json:"deployment"`
+}
+
+// FilterSpec describes one proxy-wasm HTTP filter packaged as an OCI image.
+type FilterSpec struct {
+	// id names the filter in Envoy (the Wasm plugin name and VM id) and in the names of the
+	// EnvoyFilters created for it ("<workload>-<id>"). Defaults to "<name>.<namespace>" of this
+	// FilterDeployment. Two FilterDeployments on one workload need different ids.
+	// +optional
+	// +kubebuilder:validation:MaxLength=200
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')",message="must consist of lower case alphanumerics, '-' or '.', and start and end with an alphanumeric"
+	ID string `json:"id,omitempty"`
+
+	// image is the OCI reference of the filter image, by tag or by digest, for example
+	// "registry.example.com/filters/custom-header:v0.1" or "registry.example.com/filters/auth@sha256:<hex>".
+	// Tags are resolved to a digest by the operator and re-resolved periodically, so a re-pushed
+	// tag rolls out; a digest pins the module.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:[.][a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$')",message="must be an OCI image reference such as registry.example.com/repo:tag or registry.example.com/repo@sha256:<hex>"
+	Image string `json:"image"`
+
+	// config is passed to the filter's proxy_on_configure. Either a plain string, delivered to
+	// the filter as is, or the protobuf Any form {"@type": "type.googleapis.com/google.protobuf.StringValue",
+	// "value": "..."}; "@type" may also be google.protobuf.BytesValue (value in base64) or
+	// google.protobuf.Struct (value an object, delivered as JSON).
+	// +optional
+	// +kubebuilder:validation:Schemaless
+	// +kubebuilder:pruning:PreserveUnknownFields
+	Config *apiextensionsv1.JSON `json:"config,omitempty"`
+
+	// rootID is the root context id the filter registers (its proxy_on_context_create root).
+	// Defaults to the first root id in the image's runtime configuration.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	RootID string `json:"rootID,omitempty"`
+
+	// imagePullOptions says how the operator reaches the registry. Only the operator pulls;
+	// nodes get the module from the operator, never with these credentials.
+	// +optional
+	ImagePullOptions *ImagePullOptions `json:"imagePullOptions,omitempty"`
+
+	// patchContext is where in Envoy the filter is inserted: "inbound" (the default: requests
+	// arriving at the workload), "outbound" (requests the workload makes), "gateway" (Istio
+	// gateways) or "any". Case-insensitive.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="self.lowerAscii() in ['', 'any', 'inbound', 'outbound', 'gateway']",message="must be one of any, inbound, outbound, gateway"
+	PatchContext string `json:"patchContext,omitempty"`
+}
+
+// ImagePullOptions are the registry settings for pulling the filter image.
+type ImagePullOptions struct {
+	// pullSecret is the name of a Secret in this FilterDeployment's namespace holding registry
+	// credentials: type kubernetes.io/dockerconfigjson, or the original's keys "username" and
+	// "password".
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="must be the name of a Secret in this namespace"
+	PullSecret string `json:"pullSecret,omitempty"`
+
+	// insecureSkipVerify skips verification of the registry's TLS certificate.
+	// +optional
+	InsecureSkipVerify bool `json:"insecureSkipVerify,omitempty"`
+
+	// plainHttp talks to the registry over plain HTTP instead of HTTPS.
+	// +optional
+	PlainHTTP bool `json:"plainHttp,omitempty"`
+}
+
+// DeploymentSpec says where the filter goes. Istio is the only supported mesh.
+type DeploymentSpec struct {
+	// istio selects workloads in this FilterDeployment's namespace whose Istio sidecars get
+	// the filter.
+	// +required
+	Istio IstioDeploymentSpec `json:"istio"`
+}
+
+// IstioDeploymentSpec selects Istio-injected workloads of one kind.
+type IstioDeploymentSpec struct {
+	// kind of the selected workloads: Deployment, DaemonSet or StatefulSet (any case).
+	// +optional
+	// +kubebuilder:default=Deployment
+	// +kubebuilder:validation:XValidation:rule="self.lowerAscii() in ['deployment', 'daemonset', 'statefulset']",message="must be one of Deployment, DaemonSet, StatefulSet"
+	Kind string `json:"kind,omitempty"`
+
+	// labels select workloads of that kind in this namespace by equality. A workload matches
+	// when its own labels or its pod template's labels contain all of them. Empty selects
+	// every workload of the kind in the namespace.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",message="keys must be valid label keys: an optional DNS subdomain prefix and '/', then a name of at most 63 alphanumerics, '-', '_' or '.'"
+	Labels map[string]LabelValue `json:"labels,omitempty"`
+
+	// istioNamespace is where istiod runs; the operator reads the Istio version from the istiod
+	// Deployment there to shape the EnvoyFilters.
+	// +optional
+	// +kubebuilder:default=istio-system
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",message="must be a valid namespace name"
+	IstioNamespace string `json:"istioNamespace,omitempty"`
+
+	// istioVersion overrides the detected Istio version ("1.5", "1.7", "1.24", ...) when the
+	// istiod image tag does not tell it.
+	// +optional
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9]+[.][0-9]+([.][0-9]+)?([-+].*)?$')",message="must be a version such as 1.7 or 1.24.2"
+	IstioVersion string `json:"istioVersion,omitempty"`
+}
+
+// LabelValue is a Kubernetes label value.
+// +kubebuilder:validation:MaxLength=63
+// +kubebuilder:validation:XValidation:rule="self.matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$')",message="must be a valid label value: at most 63 alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+type LabelValue string
+
+// WorkloadState is where the filter stands on one workload.
+// +kubebuilder:validation:Enum=Pending;Succeeded;Failed
+type WorkloadState string
+
+// Workload states.
+const (
+	// WorkloadPending means the workload is selected but the filter is not on it yet.
+	WorkloadPending WorkloadState = "Pending"
+	// WorkloadSucceeded means the workload is patched and its EnvoyFilter is in place.
+	WorkloadSucceeded WorkloadState = "Succeeded"
+	// WorkloadFailed means the filter could not be put on the workload; see reason.
+	WorkloadFailed WorkloadState = "Failed"
+)
+
+// WorkloadStatus is the filter's state on one selected workload.
+type WorkloadStatus struct {
+	// state is Pending, Succeeded or Failed.
+	State WorkloadState `json:"state"`
+
+	// reason says why the state is not Succeeded.
+	// +optional
+	Reason string `json:"reason,omitempty"`
+}
+
+// FilterDeploymentStatus is what the operator observed and did.
+type FilterDeploymentStatus struct {
+	// observedGeneration is the metadata.generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// conditions: Ready (the filter is on every selected workload), Reconciling (work in
+	// progress) and Stalled (cannot progress without a change to the spec or the cluster).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// workloads maps each selected workload's name to the filter's state on it.
+	// +optional
+	Workloads map[string]WorkloadStatus `json:"workloads,omitempty"`
+
+	// workloadsReady is "<succeeded>/<selected>" workloads, for kubectl get.
+	// +optional
+	WorkloadsReady string `json:"workloadsReady,omitempty"`
+
+	// reason is the error that stopped the last pass, empty when it succeeded.
+	// +optional
+	Reason string `json:"reason,omitempty"`
+
+	// imageDigest is the manifest digest the image reference resolved to.
+	// +optional
+	ImageDigest string `json:"imageDigest,omitempty"`
+
+	// moduleDigest is the sha256 digest of the .wasm module; node caches store the module
+	// under its hex part, which is the file Envoy loads.
+	// +optional
+	ModuleDigest string `json:"moduleDigest,omitempty"`
+
+	// rootID is the root id in effect: spec.filter.rootID or the image's default.
+	// +optional
+	RootID string `json:"rootID,omitempty"`
+
+	// istioVersion is the Istio version the EnvoyFilters are shaped for.
+	// +optional
+	IstioVersion string `json:"istioVersion,omitempty"`
+
+	// cachedNodes is how many node caches hold the module.
+	// +optional
+	CachedNodes int32 `json:"cachedNodes,omitempty"`
+
+	// cacheNodes is how many ready node caches must hold the module.
+	// +optional
+	CacheNodes int32 `json:"cacheNodes,omitempty"`
+}
+
+// FilterDeployment deploys a WebAssembly filter from an OCI image into the Envoy sidecars of
+// the selected workloads: the node caches fetch the module, the operator mounts the cache into
+// the sidecars and creates one EnvoyFilter per workload. Deleting it removes all of that.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=fd;fds,categories=wasme
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.filter.image`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Workloads",type=string,JSONPath=`.status.workloadsReady`
+// +kubebuilder:printcolumn:name="Cached",type=integer,JSONPath=`.status.cachedNodes`,priority=1
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].message`,priority=1
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type FilterDeployment struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// spec is the desired filter and its target workloads.
+	// +required
+	Spec FilterDeploymentSpec `json:"spec"`
+
+	// status is what the operator observed.
+	// +optional
+	Status FilterDeploymentStatus `json:"status,omitempty"`
+}
+
+// FilterDeploymentList is a list of FilterDeployments.
+//
+// +kubebuilder:object:root=true
+type FilterDeploymentList struct {
+	metav1.TypeMeta `json:",inline"`
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []FilterDeployment `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&FilterDeployment{}, &FilterDeploymentList{})
+}

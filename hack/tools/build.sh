@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Builds the pinned test and development tools from their Go modules, once per pin.
+#
+#   hack/tools/build.sh TOOL...      build each TOOL (if needed), print the path of its binary
+#   hack/tools/build.sh --assets     build etcd and kube-apiserver, print a KUBEBUILDER_ASSETS dir
+#   hack/tools/build.sh --istio-dir  print the source dir of the pinned istio.io/istio module
+#
+# TOOL is a folder of hack/tools with its own go.mod (etcd, kube-apiserver, controller-gen, kustomize,
+# istiod, oras). A build is keyed by the hash of that folder's go.mod, go.sum and Go files and
+# kept in $WASME_TOOLS_CACHE (default: $XDG_CACHE_HOME/wasme-tools or ~/.cache/wasme-tools), so
+# later runs on the same machine reuse it and a change of pin rebuilds it. Progress goes to stderr.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cache=${WASME_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wasme-tools}
+mkdir -p "$cache"
+
+# The package each tool module builds; "." means the module's own main package.
+pkg_of() {
+  case "$1" in
+    etcd) echo . ;;
+    kube-apiserver) echo k8s.io/kubernetes/cmd/kube-apiserver ;;
+    controller-gen) echo sigs.k8s.io/controller-tools/cmd/controller-gen ;;
+    istiod) echo istio.io/istio/pilot/cmd/pilot-discovery ;;
+    oras) echo oras.land/oras/cmd/oras ;;
+    kustomize) echo sigs.k8s.io/kustomize/kustomize/v5 ;;
+    *) echo "build.sh: unknown tool $1 (known: etcd kube-apiserver controller-gen kustomize istiod oras)" >&2; return 1 ;;
+  esac
+}
+
+key_of() {
+  (cd "$here/$1" && cat go.mod go.sum $(ls *.go 2>/dev/null) | sha256sum | cut -c1-16)
+}
+
+build() {
+  local tool=$1 pkg dir out
+  pkg=$(pkg_of "$tool")
+  dir="$cache/$tool-$(key_of "$tool")"
+  out="$dir/$tool"
+  if [ ! -x "$out" ]; then
+    echo ">> building $tool (once per pin, a few minutes) into $dir" >&2
+    mkdir -p "$dir"
+    local start=$SECONDS
+    # Build to a temp name and rename, so an interrupted build never leaves a binary behind.
+    (cd "$here/$tool" && go build -o "$out.tmp.$$" "$pkg") >&2
+    mv -f "$out.tmp.$$" "$out"
+    echo ">> built $tool in $((SECONDS - start))s" >&2
+  fi
+  echo "$out"
+}
+
+case "${1:-}" in
+  --assets)
+    etcd=$(build etcd)
+    kas=$(build kube-apiserver)
+    dir="$cache/assets-$(echo "$etcd $kas" | sha256sum | cut -c1-16)"
+    if [ ! -d "$dir" ]; then
+      mkdir -p "$dir.tmp.$$"
+      ln -sf "$etcd" "$dir.tmp.$$/etcd"
+      ln -sf "$kas" "$dir.tmp.$$/kube-apiserver"
+      mv -T "$dir.tmp.$$" "$dir" 2>/dev/null || rm -rf "$dir.tmp.$$"
+    fi
+    echo "$dir"
+    ;;
+  --istio-dir)
+    ver=$(awk '$1 == "istio.io/istio" {print $2; exit}' "$here/istiod/go.mod")
+    (cd "$here/istiod" && go mod download -json "istio.io/istio@$ver") | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'
+    ;;
+  ""|-h|--help)
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    ;;
+  *)
+    for t in "$@"; do build "$t"; done
+    ;;
+esac

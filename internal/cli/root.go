@@ -1,0 +1,51 @@
+// Package cli is the wasme command line: one file per verb, each command built by a
+// constructor that takes its dependencies, with no package-level flag variables.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// streams are where a command reads and writes; tests replace them.
+type streams struct {
+	out    io.Writer
+	errOut io.Writer
+}
+
+// NewRootCmd builds the wasme command tree.
+func NewRootCmd(s streams) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "wasme",
+		Short:         "Build, ship and deploy WebAssembly filters for Envoy on Kubernetes",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(s.out)
+	root.SetErr(s.errOut)
+	root.AddCommand(newVersionCmd(s))
+	return root
+}
+
+// Execute runs the CLI with the process's arguments and returns the exit code. Ctrl-C cancels
+// the command's context.
+func Execute() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	s := streams{out: os.Stdout, errOut: os.Stderr}
+	if err := NewRootCmd(s).ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(s.errOut, "Error:", err)
+		if errors.Is(err, context.Canceled) {
+			return 130
+		}
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,17 @@
+// Package operator reconciles FilterDeployments: it resolves and validates the filter image,
+// waits for the node caches, patches the selected workloads and owns their EnvoyFilters.
+package operator
+
+// The operator's permissions; `make manifests` turns these into config/rbac/operator/role.yaml.
+// Secrets are read one by one (get) from the FilterDeployment's namespace, never listed or cached.
+// Workloads are only patched (server-side apply), never updated or created.
+//
+// +kubebuilder:rbac:groups=wasme.io,resources=filterdeployments,verbs=get;list;watch;patch;update
+// +kubebuilder:rbac:groups=wasme.io,resources=filterdeployments/status,verbs=get;patch;update
+// +kubebuilder:rbac:groups=wasme.io,resources=filterdeployments/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apps,resources=deployments;daemonsets;statefulsets,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=networking.istio.io,resources=envoyfilters,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete,namespace=wasme

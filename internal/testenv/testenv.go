@@ -1,0 +1,253 @@
+// Package testenv runs a real kube-apiserver and etcd for tests, with the Istio CRDs from the
+// pinned istio.io/istio module and wasme's own install (deploy/crds.yaml) applied, and hands
+// out a client and a fresh namespace per test.
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	wasmev1 "wasme.io/wasme/api/v1"
+)
+
+// Env is a running API server.
+type Env struct {
+	// Config reaches the API server as an administrator.
+	Config *rest.Config
+	// Client is a controller-runtime client with the wasme, Istio and built-in types.
+	Client client.Client
+	// Scheme has the wasme, Istio networking and built-in types.
+	Scheme *k8sruntime.Scheme
+
+	env *envtest.Environment
+}
+
+// Scheme builds a scheme with every type the tests and the operator use.
+func Scheme() (*k8sruntime.Scheme, error) {
+	s := k8sruntime.NewScheme()
+	for _, add := range []func(*k8sruntime.Scheme) error{
+		clientgoscheme.AddToScheme, apiextensionsv1.AddToScheme, wasmev1.AddToScheme, networkingv1alpha3.AddToScheme,
+	} {
+		if err := add(s); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// RepoRoot is the root of this repository (the directory holding go.mod).
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// IstioCRDs is the path of the Istio CRD bundle in the pinned istio.io/istio module, downloaded
+// into the module cache if needed. ISTIO_CRDS overrides it.
+func IstioCRDs() (string, error) {
+	if p := os.Getenv("ISTIO_CRDS"); p != "" {
+		return p, nil
+	}
+	out, err := exec.Command(filepath.Join(RepoRoot(), "hack", "tools", "build.sh"), "--istio-dir").Output()
+	if err != nil {
+		return "", fmt.Errorf("locating the istio.io/istio module: %w", err)
+	}
+	dir := strings.TrimSpace(string(out))
+	if dir == "" {
+		return "", errors.New("locating the istio.io/istio module: go mod download printed no directory")
+	}
+	return filepath.Join(dir, "manifests", "charts", "base", "files", "crd-all.gen.yaml"), nil
+}
+
+// Start starts etcd and kube-apiserver from KUBEBUILDER_ASSETS, installs the Istio CRDs and
+// applies deploy/crds.yaml.
+func Start() (*Env, error) {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		return nil, errors.New("KUBEBUILDER_ASSETS is not set: run the tests with `make test`, " +
+			"or export KUBEBUILDER_ASSETS=$(hack/tools/build.sh --assets)")
+	}
+	istioCRDs, err := IstioCRDs()
+	if err != nil {
+		return nil, err
+	}
+	scheme, err := Scheme()
+	if err != nil {
+		return nil, err
+	}
+	env := &envtest.Environment{
+		Scheme: scheme,
+		CRDInstallOptions: envtest.CRDInstallOptions{
+			Paths:              []string{istioCRDs},
+			ErrorIfPathMissing: true,
+		},
+		ControlPlaneStartTimeout: 2 * time.Minute,
+		ControlPlaneStopTimeout:  time.Minute,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		return nil, fmt.Errorf("starting the API server: %w", err)
+	}
+	e := &Env{Config: cfg, Scheme: scheme, env: env}
+	if e.Client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.ApplyFile(ctx, filepath.Join(RepoRoot(), "deploy", "crds.yaml")); err != nil {
+		_ = env.Stop()
+		return nil, fmt.Errorf("installing deploy/crds.yaml: %w", err)
+	}
+	if err := e.waitEstablished(ctx); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	if err := e.waitPolicy(ctx); err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	return e, nil
+}
+
+// Stop stops the API server and etcd.
+func (e *Env) Stop() error { return e.env.Stop() }
+
+// Main is a TestMain body: it starts an Env, runs the tests and stops it.
+func Main(m *testing.M, env **Env) int {
+	e, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	*env = e
+	code := m.Run()
+	if err := e.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "testenv: stopping:", err)
+	}
+	return code
+}
+
+// Namespace creates a namespace for one test and deletes it when the test ends.
+func (e *Env) Namespace(t testing.TB) string {
+	t.Helper()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "test-"}}
+	if err := e.Client.Create(context.Background(), ns); err != nil {
+		t.Fatalf("creating namespace: %v", err)
+	}
+	t.Cleanup(func() { _ = e.Client.Delete(context.Background(), ns) })
+	return ns.Name
+}
+
+// ApplyFile server-side applies every object of a multi-document YAML file.
+func (e *Env) ApplyFile(ctx context.Context, path string, opts ...client.PatchOption) error {
+	objs, err := ReadObjects(path)
+	if err != nil {
+		return err
+	}
+	opts = append([]client.PatchOption{client.FieldOwner("wasme-test"), client.ForceOwnership}, opts...)
+	for _, o := range objs {
+		if err := e.Client.Patch(ctx, o, client.Apply, opts...); err != nil { //nolint:staticcheck // unstructured objects have no apply configurations
+			return fmt.Errorf("applying %s %s: %w", o.GetKind(), o.GetName(), err)
+		}
+	}
+	return nil
+}
+
+// ReadObjects decodes a multi-document YAML file into unstructured objects.
+func ReadObjects(path string) ([]*unstructured.Unstructured, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	var objs []*unstructured.Unstructured
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				return objs, nil
+			}
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if len(u.Object) > 0 {
+			objs = append(objs, u)
+		}
+	}
+}
+
+// waitEstablished waits until every wasme CRD is served.
+func (e *Env) waitEstablished(ctx context.Context) error {
+	for {
+		var crds apiextensionsv1.CustomResourceDefinitionList
+		if err := e.Client.List(ctx, &crds); err != nil {
+			return err
+		}
+		pending := 0
+		for _, crd := range crds.Items {
+			if crd.Spec.Group != wasmev1.GroupVersion.Group {
+				continue
+			}
+			established := false
+			for _, c := range crd.Status.Conditions {
+				established = established || (c.Type == apiextensionsv1.Established && c.Status == apiextensionsv1.ConditionTrue)
+			}
+			if !established {
+				pending++
+			}
+		}
+		if pending == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the wasme CRDs to be established: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitPolicy waits until the API server enforces the FilterDeployment admission policy, which
+// it loads asynchronously after the policy is created: a dry-run create with a numeric config
+// must be refused.
+func (e *Env) waitPolicy(ctx context.Context) error {
+	probe := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": wasmev1.GroupVersion.String(), "kind": "FilterDeployment",
+		"metadata": map[string]any{"name": "policy-probe", "namespace": "default"},
+		"spec": map[string]any{
+			"deployment": map[string]any{"istio": map[string]any{}},
+			"filter":     map[string]any{"image": "probe", "config": int64(1)},
+		},
+	}}
+	for {
+		err := e.Client.Create(ctx, probe.DeepCopy(), client.DryRunAll)
+		if err != nil && strings.Contains(err.Error(), "spec.filter.config must be") {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the FilterDeployment admission policy (last result: %v): %w", err, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
