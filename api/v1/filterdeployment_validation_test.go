@@ -132,11 +132,11 @@ func TestValidSpecsAreAccepted(t *testing.T) {
 			"    config: {'@type': type.googleapis.com/google.protobuf.Struct, value: {header: x-a, n: 2}}\n",
 		"BytesValue config": validDeployment + "  filter:\n    image: registry.example.com/f:v1\n" +
 			"    config: {'@type': type.googleapis.com/google.protobuf.BytesValue, value: aGVsbG8=}\n",
-		"lower-case kind":   "  deployment:\n    istio:\n      kind: daemonset\n  filter:\n    image: f\n",
-		"upper-case kind":   "  deployment:\n    istio:\n      kind: STATEFULSET\n  filter:\n    image: f\n",
-		"kind defaulted":    "  deployment:\n    istio: {}\n  filter:\n    image: f\n",
-		"digest reference":  validDeployment + "  filter:\n    image: registry.example.com/team/f@" + digest + "\n",
-		"tag and digest":    validDeployment + "  filter:\n    image: localhost:5000/f:v1@" + digest + "\n",
+		"lower-case kind":  "  deployment:\n    istio:\n      kind: daemonset\n  filter:\n    image: f\n",
+		"upper-case kind":  "  deployment:\n    istio:\n      kind: STATEFULSET\n  filter:\n    image: f\n",
+		"kind defaulted":   "  deployment:\n    istio: {}\n  filter:\n    image: f\n",
+		"digest reference": validDeployment + "  filter:\n    image: registry.example.com/team/f@" + digest + "\n",
+		"tag and digest":   validDeployment + "  filter:\n    image: localhost:5000/f:v1@" + digest + "\n",
 		"all options": `  deployment:
     istio:
       kind: Deployment
