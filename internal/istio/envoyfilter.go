@@ -1,0 +1,248 @@
+package istio
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"regexp"
+	"unicode/utf8"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	wasmextv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	apinetworking "istio.io/api/networking/v1alpha3"
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	wasmev1 "wasme.io/wasme/api/v1"
+)
+
+// Shape is the form of the Wasm HTTP filter inside an EnvoyFilter patch, which changed as
+// Istio and Envoy moved from envoy-wasm to upstream Envoy.
+type Shape int
+
+const (
+	// LegacyShape (Istio 1.5, 1.6): untyped "config:" and the old filter names; the seed's YAML.
+	LegacyShape Shape = iota
+	// TypedStructShape (Istio 1.7 to 1.9): a udpa TypedStruct wrapping the v3 Wasm filter.
+	TypedStructShape
+	// TypedShape (Istio 1.10 on): plain typed_config and the current filter names.
+	TypedShape
+)
+
+// ShapeFor is the shape an Istio version reads.
+func ShapeFor(v Version) Shape {
+	switch {
+	case v.Less(Version{1, 7}):
+		return LegacyShape
+	case v.Less(Version{1, 10}):
+		return TypedStructShape
+	}
+	return TypedShape
+}
+
+func (s Shape) String() string {
+	return [...]string{"legacy config", "TypedStruct", "typed_config"}[s]
+}
+
+// Filter names and types Envoy knows the Wasm filter and its neighbours by.
+const (
+	WasmFilterName        = "envoy.filters.http.wasm"
+	WasmTypeURL           = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+	TypedStructURL        = "type.googleapis.com/udpa.type.v1.TypedStruct"
+	V8Runtime             = "envoy.wasm.runtime.v8"
+	legacyHCM             = "envoy.http_connection_manager"
+	legacyRouter          = "envoy.router"
+	currentHCM            = "envoy.filters.network.http_connection_manager"
+	currentRouter         = "envoy.filters.http.router"
+	FilterDeploymentLabel = "wasme.io/filterdeployment"
+)
+
+// Filter is everything an EnvoyFilter for one workload depends on.
+type Filter struct {
+	// Name and Namespace of the EnvoyFilter: "<workload>-<id>" in the workload's namespace.
+	Name, Namespace string
+	// WorkloadLabels select the workload's pods (its pod template labels).
+	WorkloadLabels map[string]string
+	// ID is the Wasm plugin name and VM id.
+	ID string
+	// RootID is the filter's root context id.
+	RootID string
+	// ModuleSHA256 is the hex sha256 of the module, its file name in the node cache.
+	ModuleSHA256 string
+	// Config is what the filter receives in proxy_on_configure.
+	Config wasmev1.FilterConfig
+	// Context is the EnvoyFilter match context: SIDECAR_INBOUND, SIDECAR_OUTBOUND, GATEWAY or ANY.
+	Context string
+	// Shape is the patch form for the cluster's Istio version.
+	Shape Shape
+	// Owner becomes the EnvoyFilter's controller; nil for none (wasme deploy).
+	Owner *metav1.OwnerReference
+}
+
+var sha256HexRE = regexp.MustCompile(`^[a-f0-9]{64}$`)
+
+// ModulePath is where sidecars find a module on the node.
+func ModulePath(sha256Hex string) string { return wasmev1.CacheDir + "/" + sha256Hex }
+
+// BuildEnvoyFilter returns the EnvoyFilter that inserts the filter before the router of the
+// workload's HTTP connection managers. The filter config is built with Envoy's own types and
+// validated before it is turned into the patch.
+func BuildEnvoyFilter(f Filter) (*networkingv1alpha3.EnvoyFilter, error) {
+	if f.ID == "" {
+		return nil, fmt.Errorf("the filter id is empty")
+	}
+	if !sha256HexRE.MatchString(f.ModuleSHA256) {
+		return nil, fmt.Errorf("module digest %q is not a sha256 hex string", f.ModuleSHA256)
+	}
+	ctx, ok := apinetworking.EnvoyFilter_PatchContext_value[f.Context]
+	if !ok {
+		return nil, fmt.Errorf("unknown patch context %q", f.Context)
+	}
+	value, err := patchValue(f)
+	if err != nil {
+		return nil, err
+	}
+	hcm, router := currentHCM, currentRouter
+	if f.Shape != TypedShape {
+		hcm, router = legacyHCM, legacyRouter
+	}
+	ef := &networkingv1alpha3.EnvoyFilter{
+		TypeMeta: metav1.TypeMeta{APIVersion: "networking.istio.io/v1alpha3", Kind: "EnvoyFilter"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      f.Name,
+			Namespace: f.Namespace,
+		},
+	}
+	if f.Owner != nil {
+		ef.Labels = map[string]string{FilterDeploymentLabel: f.Owner.Name}
+		ef.OwnerReferences = []metav1.OwnerReference{*f.Owner}
+	}
+	ef.Spec.WorkloadSelector = &apinetworking.WorkloadSelector{Labels: maps.Clone(f.WorkloadLabels)}
+	ef.Spec.ConfigPatches = []*apinetworking.EnvoyFilter_EnvoyConfigObjectPatch{{
+		ApplyTo: apinetworking.EnvoyFilter_HTTP_FILTER,
+		Match: &apinetworking.EnvoyFilter_EnvoyConfigObjectMatch{
+			Context: apinetworking.EnvoyFilter_PatchContext(ctx),
+			ObjectTypes: &apinetworking.EnvoyFilter_EnvoyConfigObjectMatch_Listener{
+				Listener: &apinetworking.EnvoyFilter_ListenerMatch{
+					FilterChain: &apinetworking.EnvoyFilter_ListenerMatch_FilterChainMatch{
+						Filter: &apinetworking.EnvoyFilter_ListenerMatch_FilterMatch{
+							Name:      hcm,
+							SubFilter: &apinetworking.EnvoyFilter_ListenerMatch_SubFilterMatch{Name: router},
+						},
+					},
+				},
+			},
+		},
+		Patch: &apinetworking.EnvoyFilter_Patch{
+			Operation: apinetworking.EnvoyFilter_Patch_INSERT_BEFORE,
+			Value:     value,
+		},
+	}}
+	return ef, nil
+}
+
+// WasmFilter is the v3 Wasm filter config, validated.
+func WasmFilter(f Filter) (*wasmv3.Wasm, error) {
+	w := &wasmv3.Wasm{Config: &wasmextv3.PluginConfig{
+		Name:   f.ID,
+		RootId: f.RootID,
+		Vm: &wasmextv3.PluginConfig_VmConfig{VmConfig: &wasmextv3.VmConfig{
+			VmId:    f.ID,
+			Runtime: V8Runtime,
+			Code: &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{
+				Local: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: ModulePath(f.ModuleSHA256)}},
+			}},
+		}},
+	}}
+	if len(f.Config.Value) > 0 {
+		cfg, err := configAny(f.Config)
+		if err != nil {
+			return nil, err
+		}
+		w.Config.Configuration = cfg
+	}
+	if err := w.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("invalid Wasm filter config: %w", err)
+	}
+	typed, err := anypb.New(w)
+	if err != nil {
+		return nil, err
+	}
+	hf := &hcmv3.HttpFilter{Name: WasmFilterName, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: typed}}
+	if err := hf.ValidateAll(); err != nil {
+		return nil, fmt.Errorf("invalid HTTP filter: %w", err)
+	}
+	return w, nil
+}
+
+func configAny(c wasmev1.FilterConfig) (*anypb.Any, error) {
+	var m proto.Message
+	switch c.TypeURL {
+	case wasmev1.StringValueType:
+		m = wrapperspb.String(string(c.Value))
+	case wasmev1.BytesValueType:
+		m = wrapperspb.Bytes(c.Value)
+	case wasmev1.StructType:
+		s := &structpb.Struct{}
+		if err := protojson.Unmarshal(c.Value, s); err != nil {
+			return nil, fmt.Errorf("filter config: %w", err)
+		}
+		m = s
+	default:
+		return nil, fmt.Errorf("filter config: unsupported type %q", c.TypeURL)
+	}
+	return anypb.New(m)
+}
+
+// patchValue is the HTTP filter, as the Struct an EnvoyFilter patch carries, in f.Shape.
+func patchValue(f Filter) (*structpb.Struct, error) {
+	w, err := WasmFilter(f)
+	if err != nil {
+		return nil, err
+	}
+	wasmJSON, err := toMap(w)
+	if err != nil {
+		return nil, err
+	}
+	var value map[string]any
+	switch f.Shape {
+	case LegacyShape:
+		// envoy-wasm read the plugin config untyped, and its configuration as a plain string.
+		plugin, _ := wasmJSON["config"].(map[string]any)
+		if len(f.Config.Value) > 0 {
+			if !utf8.Valid(f.Config.Value) {
+				return nil, fmt.Errorf("filter config: Istio before 1.7 passes configuration as a string, and this one is not UTF-8")
+			}
+			plugin["configuration"] = string(f.Config.Value)
+		}
+		value = map[string]any{"name": WasmFilterName, "config": map[string]any{"config": plugin}}
+	case TypedStructShape:
+		value = map[string]any{"name": WasmFilterName, "typedConfig": map[string]any{
+			"@type": TypedStructURL, "typeUrl": WasmTypeURL, "value": wasmJSON,
+		}}
+	default:
+		typed := map[string]any{"@type": WasmTypeURL}
+		maps.Copy(typed, wasmJSON)
+		value = map[string]any{"name": WasmFilterName, "typed_config": typed}
+	}
+	return structpb.NewStruct(value)
+}
+
+func toMap(m proto.Message) (map[string]any, error) {
+	b, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var out map[string]any
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
