@@ -19,6 +19,7 @@ import (
 	apinetworking "istio.io/api/networking/v1alpha3"
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	wasmev1 "wasme.io/wasme/api/v1"
 )
@@ -121,7 +122,9 @@ func BuildEnvoyFilter(f Filter) (*networkingv1alpha3.EnvoyFilter, error) {
 		},
 	}
 	if f.Owner != nil {
-		ef.Labels = map[string]string{FilterDeploymentLabel: f.Owner.Name}
+		if len(validation.IsValidLabelValue(f.Owner.Name)) == 0 {
+			ef.Labels = map[string]string{FilterDeploymentLabel: f.Owner.Name}
+		}
 		ef.OwnerReferences = []metav1.OwnerReference{*f.Owner}
 	}
 	ef.Spec.WorkloadSelector = &apinetworking.WorkloadSelector{Labels: maps.Clone(f.WorkloadLabels)}

@@ -1,0 +1,274 @@
+package operator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
+
+	wasmev1 "wasme.io/wasme/api/v1"
+)
+
+// Image is a filter image as the operator needs it.
+type Image struct {
+	// ManifestDigest is the digest the reference resolved to ("sha256:...").
+	ManifestDigest string
+	// ModuleDigest is the sha256 of the module ("sha256:...").
+	ModuleDigest string
+	// Module is the .wasm bytes.
+	Module []byte
+	// RootIDs are the root ids of the image's runtime config, the first being the default.
+	RootIDs []string
+}
+
+// PullOptions say how to reach a registry for one FilterDeployment.
+type PullOptions struct {
+	// DockerConfigJSON is a kubernetes.io/dockerconfigjson Secret's .dockerconfigjson.
+	DockerConfigJSON []byte
+	// Username and Password are the original's pull secret keys.
+	Username, Password string
+	// PlainHTTP and InsecureSkipVerify are spec.filter.imagePullOptions'.
+	PlainHTTP, InsecureSkipVerify bool
+}
+
+// ImageSource resolves and fetches filter images; pkg/wasmimage in production.
+type ImageSource interface {
+	// Resolve returns the manifest digest ref points at now.
+	Resolve(ctx context.Context, ref string, opts PullOptions) (string, error)
+	// Fetch pulls ref (pinned to a manifest digest when the caller has one) and its module.
+	Fetch(ctx context.Context, ref string, opts PullOptions) (*Image, error)
+}
+
+// Validator checks that a module runs and accepts its configuration: magic, ABI exports, and
+// the filter's own proxy_on_vm_start / proxy_on_configure.
+type Validator func(ctx context.Context, module []byte, rootID string, config []byte) error
+
+// ModuleSink receives every module the operator pulled, for the node caches (moduleserver).
+type ModuleSink interface {
+	Put(digest string, module []byte) error
+}
+
+// FilterDeploymentReconciler turns FilterDeployments into workload annotations and
+// EnvoyFilters, once the node caches hold the module.
+type FilterDeploymentReconciler struct {
+	client.Client
+	// APIReader reads what must not be cached: pull Secrets.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Images    ImageSource
+	Validate  Validator
+	Modules   ModuleSink
+	// ResolveInterval is how often a tag is resolved again, so a re-pushed tag rolls out.
+	ResolveInterval time.Duration
+
+	images *imageCache
+}
+
+// pass carries what one reconcile pass learned, for the deferred status summary.
+type pass struct {
+	// reason and message explain why the pass stopped early; empty when it went through.
+	reason, message string
+	// stalled: nothing changes without a change of the spec or the cluster.
+	stalled bool
+	// requeueAfter, when set, asks for another pass.
+	requeueAfter time.Duration
+}
+
+func (p *pass) stop(reason string, err error) {
+	p.reason, p.message = reason, err.Error()
+}
+
+// SetupWithManager registers the reconciler and its watches.
+func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.ResolveInterval == 0 {
+		r.ResolveInterval = 5 * time.Minute
+	}
+	r.images = newImageCache(64)
+	inNamespace := handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsInNamespace)
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&wasmev1.FilterDeployment{}, builder.WithPredicates(predicate.Or(
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, deletionPredicate{}))).
+		Owns(&networkingv1alpha3.EnvoyFilter{}).
+		Watches(&appsv1.Deployment{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
+		Watches(&appsv1.DaemonSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
+		Watches(&appsv1.StatefulSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
+		Watches(&wasmev1.NodeCache{}, handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsWaitingForCache)).
+		Named("filterdeployment").
+		Complete(r)
+}
+
+// Reconcile brings one FilterDeployment's workloads and EnvoyFilters to its spec.
+func (r *FilterDeploymentReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	fd := &wasmev1.FilterDeployment{}
+	if err := r.Get(ctx, req.NamespacedName, fd); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !fd.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.reconcileDelete(ctx, fd)
+	}
+	if !controllerutil.ContainsFinalizer(fd, wasmev1.Finalizer) {
+		patch := client.MergeFrom(fd.DeepCopy())
+		controllerutil.AddFinalizer(fd, wasmev1.Finalizer)
+		if err := r.Patch(ctx, fd, patch); err != nil {
+			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		}
+	}
+
+	orig := fd.DeepCopy()
+	p := &pass{}
+	defer func() {
+		if err := r.summarize(ctx, orig, fd, p, retErr); err != nil {
+			retErr = errors.Join(retErr, err)
+		}
+		if retErr == nil && p.requeueAfter > 0 {
+			result.RequeueAfter = p.requeueAfter
+		}
+	}()
+
+	for _, step := range []func(context.Context, *wasmev1.FilterDeployment, *pass) error{
+		r.reconcileImage, r.reconcileIstio, r.reconcileCache, r.reconcileWorkloads,
+	} {
+		if err := step(ctx, fd, p); err != nil || p.reason != "" {
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{}, r.releaseUnselected(ctx, fd.Namespace, nil)
+}
+
+// summarize sets the conditions from the pass and writes the status once, if it changed.
+func (r *FilterDeploymentReconciler) summarize(ctx context.Context, orig, fd *wasmev1.FilterDeployment, p *pass, err error) error {
+	st := &fd.Status
+	st.ObservedGeneration = fd.Generation
+	ok, total := 0, len(st.Workloads)
+	for _, w := range st.Workloads {
+		if w.State == wasmev1.WorkloadSucceeded {
+			ok++
+		}
+	}
+	st.WorkloadsReady = fmt.Sprintf("%d/%d", ok, total)
+
+	reason, message := p.reason, p.message
+	if reason == "" && err != nil {
+		reason, message = wasmev1.ProgressingReason, err.Error()
+	}
+	gen := fd.Generation
+	switch {
+	case reason == "":
+		st.Reason = ""
+		apimeta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: wasmev1.ReadyCondition, Status: metav1.ConditionTrue,
+			Reason: wasmev1.SucceededReason, Message: fmt.Sprintf("filter on %d/%d workloads", ok, total), ObservedGeneration: gen})
+		apimeta.RemoveStatusCondition(&st.Conditions, wasmev1.ReconcilingCondition)
+		apimeta.RemoveStatusCondition(&st.Conditions, wasmev1.StalledCondition)
+	default:
+		st.Reason = message
+		apimeta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: wasmev1.ReadyCondition, Status: metav1.ConditionFalse,
+			Reason: reason, Message: message, ObservedGeneration: gen})
+		abnormal, other := wasmev1.ReconcilingCondition, wasmev1.StalledCondition
+		if p.stalled {
+			abnormal, other = other, abnormal
+		}
+		apimeta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: abnormal, Status: metav1.ConditionTrue,
+			Reason: reason, Message: message, ObservedGeneration: gen})
+		apimeta.RemoveStatusCondition(&st.Conditions, other)
+	}
+
+	if equality.Semantic.DeepEqual(orig.Status, fd.Status) {
+		return nil
+	}
+	r.notify(orig, fd)
+	if err := r.Status().Patch(ctx, fd, client.MergeFrom(orig)); err != nil {
+		return client.IgnoreNotFound(fmt.Errorf("writing status: %w", err))
+	}
+	return nil
+}
+
+// notify records an event when Ready changes status or reason, never on a repeat.
+func (r *FilterDeploymentReconciler) notify(orig, fd *wasmev1.FilterDeployment) {
+	before := apimeta.FindStatusCondition(orig.Status.Conditions, wasmev1.ReadyCondition)
+	after := apimeta.FindStatusCondition(fd.Status.Conditions, wasmev1.ReadyCondition)
+	if r.Recorder == nil || after == nil || (before != nil && before.Status == after.Status && before.Reason == after.Reason) {
+		return
+	}
+	kind := corev1.EventTypeNormal
+	if after.Status != metav1.ConditionTrue && after.Reason != wasmev1.CachePendingReason {
+		kind = corev1.EventTypeWarning
+	}
+	r.Recorder.Eventf(fd, nil, kind, after.Reason, "Reconcile", "%s", after.Message)
+}
+
+// filterDeploymentsInNamespace maps a workload (or istiod) change to the FilterDeployments
+// that may select it. istiod changes reach every FilterDeployment that reads that namespace.
+func (r *FilterDeploymentReconciler) filterDeploymentsInNamespace(ctx context.Context, o client.Object) []reconcile.Request {
+	var list wasmev1.FilterDeploymentList
+	if err := r.List(ctx, &list); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, fd := range list.Items {
+		if fd.Namespace == o.GetNamespace() || fd.Spec.Deployment.Istio.IstioNamespace == o.GetNamespace() {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&fd)})
+		}
+	}
+	return reqs
+}
+
+// filterDeploymentsWaitingForCache maps a node cache report to the FilterDeployments whose
+// module it lists, and to those not ready (a node that came or went changes their count).
+func (r *FilterDeploymentReconciler) filterDeploymentsWaitingForCache(ctx context.Context, o client.Object) []reconcile.Request {
+	var list wasmev1.FilterDeploymentList
+	if err := r.List(ctx, &list); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, fd := range list.Items {
+		if fd.Status.CachedNodes != fd.Status.CacheNodes || !apimeta.IsStatusConditionTrue(fd.Status.Conditions, wasmev1.ReadyCondition) ||
+			listsModule(o.(*wasmev1.NodeCache), fd.Status.ModuleDigest) {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&fd)})
+		}
+	}
+	return reqs
+}
+
+func listsModule(nc *wasmev1.NodeCache, digest string) bool {
+	for _, m := range nc.Status.Modules {
+		if m.Digest == digest {
+			return true
+		}
+	}
+	return false
+}
+
+// deletionPredicate lets through the update that marks a FilterDeployment for deletion,
+// which changes neither its generation nor its annotations.
+type deletionPredicate struct{ predicate.Funcs }
+
+func (deletionPredicate) Update(e event.UpdateEvent) bool {
+	return e.ObjectNew.GetDeletionTimestamp() != nil
+}
+
+// workloadPredicate ignores workload status churn (replica counts): only metadata and spec
+// changes can change selection, annotations or EnvoyFilters.
+type workloadPredicate struct{ predicate.Funcs }
+
+func (workloadPredicate) Update(e event.UpdateEvent) bool {
+	return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
+		!equality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) ||
+		!equality.Semantic.DeepEqual(e.ObjectOld.GetAnnotations(), e.ObjectNew.GetAnnotations())
+}

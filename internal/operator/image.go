@@ -1,0 +1,236 @@
+package operator
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	wasmev1 "wasme.io/wasme/api/v1"
+)
+
+// reconcileImage resolves the image to a digest, pulls it once per digest, validates the module
+// with this FilterDeployment's root id and config, and hands it to the node caches' source.
+func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *wasmev1.FilterDeployment, p *pass) error {
+	cfg, err := fd.Spec.Filter.DecodeConfig()
+	if err != nil {
+		p.stalled = true
+		p.stop(wasmev1.InvalidSpecReason, err)
+		return nil
+	}
+	opts, err := r.pullOptions(ctx, fd)
+	if err != nil {
+		// Secrets are not watched (the operator may not list them): look again soon.
+		p.stop(wasmev1.ImageFailedReason, err)
+		p.requeueAfter = 30 * time.Second
+		return nil
+	}
+	ref := fd.Spec.Filter.Image
+	pinned := strings.Contains(ref, "@")
+
+	digest, err := r.resolve(ctx, fd, ref, pinned, opts)
+	if err != nil {
+		p.stop(wasmev1.ImageFailedReason, fmt.Errorf("resolving image %s: %w", ref, err))
+		return err
+	}
+	img, err := r.fetch(ctx, ref, digest, opts)
+	if err != nil {
+		p.stop(wasmev1.ImageFailedReason, fmt.Errorf("pulling image %s: %w", ref, err))
+		return err
+	}
+	rootID := fd.Spec.Filter.RootID
+	if rootID == "" {
+		if len(img.RootIDs) == 0 {
+			p.stalled = true
+			p.stop(wasmev1.InvalidSpecReason, fmt.Errorf("image %s declares no root id: set spec.filter.rootID", ref))
+			return nil
+		}
+		rootID = img.RootIDs[0]
+	}
+	if err := r.validate(ctx, img, rootID, cfg.Value); err != nil {
+		p.stalled = true
+		p.stop(wasmev1.ImageFailedReason, fmt.Errorf("module of %s rejected: %w", ref, err))
+		if !pinned {
+			p.requeueAfter = r.ResolveInterval
+		}
+		return nil
+	}
+	if r.Modules != nil {
+		if err := r.Modules.Put(img.ModuleDigest, img.Module); err != nil {
+			return fmt.Errorf("handing the module to the node cache source: %w", err)
+		}
+	}
+	fd.Status.ImageDigest = img.ManifestDigest
+	fd.Status.ModuleDigest = img.ModuleDigest
+	fd.Status.RootID = rootID
+	if !pinned {
+		p.requeueAfter = r.ResolveInterval
+	}
+	return nil
+}
+
+// resolve returns the manifest digest of ref: the pinned one, or the tag's, asking the
+// registry at most once per ResolveInterval (or when the spec changed) so watch-driven passes
+// cost the registry nothing.
+func (r *FilterDeploymentReconciler) resolve(ctx context.Context, fd *wasmev1.FilterDeployment, ref string, pinned bool, opts PullOptions) (string, error) {
+	if pinned {
+		return ref[strings.LastIndex(ref, "@")+1:], nil
+	}
+	key := fmt.Sprintf("%s/%s/%d/%s", fd.Namespace, fd.Name, fd.Generation, ref)
+	if d, ok := r.images.resolved(key, r.ResolveInterval); ok {
+		return d, nil
+	}
+	d, err := r.Images.Resolve(ctx, ref, opts)
+	if err != nil {
+		return "", err
+	}
+	r.images.setResolved(key, d)
+	return d, nil
+}
+
+// fetch pulls the image pinned to digest, once per digest.
+func (r *FilterDeploymentReconciler) fetch(ctx context.Context, ref, digest string, opts PullOptions) (*Image, error) {
+	if img, ok := r.images.get(digest); ok {
+		return img, nil
+	}
+	img, err := r.Images.Fetch(ctx, repository(ref)+"@"+digest, opts)
+	if err != nil {
+		return nil, err
+	}
+	if img.ManifestDigest != digest {
+		return nil, fmt.Errorf("registry returned manifest %s for %s", img.ManifestDigest, digest)
+	}
+	r.images.put(digest, img)
+	return img, nil
+}
+
+// validate runs the module once per (module, root id, config).
+func (r *FilterDeploymentReconciler) validate(ctx context.Context, img *Image, rootID string, config []byte) error {
+	if r.Validate == nil {
+		return nil
+	}
+	sum := sha256.Sum256(config)
+	key := img.ModuleDigest + "/" + rootID + "/" + hex.EncodeToString(sum[:])
+	if err, ok := r.images.validated(key); ok {
+		return err
+	}
+	err := r.Validate(ctx, img.Module, rootID, config)
+	r.images.setValidated(key, err)
+	return err
+}
+
+// repository is ref without its tag or digest.
+func repository(ref string) string {
+	ref, _, _ = strings.Cut(ref, "@")
+	if colon := strings.LastIndex(ref, ":"); colon > strings.LastIndex(ref, "/") {
+		ref = ref[:colon]
+	}
+	return ref
+}
+
+// pullOptions reads spec.filter.imagePullOptions and its Secret, from this namespace only.
+func (r *FilterDeploymentReconciler) pullOptions(ctx context.Context, fd *wasmev1.FilterDeployment) (PullOptions, error) {
+	o := fd.Spec.Filter.ImagePullOptions
+	if o == nil {
+		return PullOptions{}, nil
+	}
+	opts := PullOptions{PlainHTTP: o.PlainHTTP, InsecureSkipVerify: o.InsecureSkipVerify}
+	if o.PullSecret == "" {
+		return opts, nil
+	}
+	var s corev1.Secret
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: fd.Namespace, Name: o.PullSecret}, &s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return opts, fmt.Errorf("pull secret %q not found in namespace %s", o.PullSecret, fd.Namespace)
+		}
+		return opts, fmt.Errorf("reading pull secret %q: %w", o.PullSecret, err)
+	}
+	switch {
+	case len(s.Data[corev1.DockerConfigJsonKey]) > 0:
+		opts.DockerConfigJSON = s.Data[corev1.DockerConfigJsonKey]
+	case len(s.Data["username"]) > 0 && len(s.Data["password"]) > 0:
+		opts.Username, opts.Password = string(s.Data["username"]), string(s.Data["password"])
+	default:
+		return opts, fmt.Errorf("pull secret %q has neither %s nor username and password", o.PullSecret, corev1.DockerConfigJsonKey)
+	}
+	return opts, nil
+}
+
+// imageCache remembers pulled images by manifest digest, validation results, and tag
+// resolutions, so steady-state passes neither pull nor run modules again.
+type imageCache struct {
+	mu       sync.Mutex
+	max      int
+	order    []string
+	images   map[string]*Image
+	checks   map[string]error
+	resolves map[string]resolution
+}
+
+type resolution struct {
+	digest string
+	at     time.Time
+}
+
+func newImageCache(max int) *imageCache {
+	return &imageCache{max: max, images: map[string]*Image{}, checks: map[string]error{}, resolves: map[string]resolution{}}
+}
+
+func (c *imageCache) get(digest string) (*Image, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	img, ok := c.images[digest]
+	return img, ok
+}
+
+func (c *imageCache) put(digest string, img *Image) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.images[digest]; !ok {
+		c.order = append(c.order, digest)
+	}
+	c.images[digest] = img
+	for len(c.order) > c.max {
+		delete(c.images, c.order[0])
+		c.order = c.order[1:]
+	}
+}
+
+func (c *imageCache) validated(key string) (error, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	err, ok := c.checks[key]
+	return err, ok
+}
+
+func (c *imageCache) setValidated(key string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.checks) > 16*c.max {
+		clear(c.checks)
+	}
+	c.checks[key] = err
+}
+
+func (c *imageCache) resolved(key string, ttl time.Duration) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	res, ok := c.resolves[key]
+	return res.digest, ok && time.Since(res.at) < ttl
+}
+
+func (c *imageCache) setResolved(key, digest string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.resolves) > 16*c.max {
+		clear(c.resolves)
+	}
+	c.resolves[key] = resolution{digest, time.Now()}
+}

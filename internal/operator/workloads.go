@@ -1,0 +1,408 @@
+package operator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
+
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
+	appsv1 "k8s.io/api/apps/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/istio"
+)
+
+// The sidecar annotations that mount the node cache into Envoy, exactly as the original wrote
+// them when the workload had none of its own.
+const (
+	UserVolumeAnnotation      = "sidecar.istio.io/userVolume"
+	UserVolumeMountAnnotation = "sidecar.istio.io/userVolumeMount"
+	UserVolume                = `[{"name":"cache-dir","hostPath":{"path":"/var/local/lib/wasme-cache"}}]`
+	UserVolumeMount           = `[{"mountPath":"/var/local/lib/wasme-cache","name":"cache-dir"}]`
+
+	// OriginalAnnotation, on a workload's own metadata (so writing it rolls nothing), records
+	// the user's values of the two sidecar annotations before wasme merged its volume in, as a
+	// JSON object; it is what removal restores, byte for byte. Its presence marks the workload
+	// as patched by wasme.
+	OriginalAnnotation = "wasme.io/original-sidecar-annotations"
+
+	// WorkloadAnnotation on an EnvoyFilter names the workload it serves ("Kind/name").
+	WorkloadAnnotation = "wasme.io/workload"
+)
+
+// workload is one Deployment, DaemonSet or StatefulSet, reduced to what wasme needs.
+type workload struct {
+	kind, name, namespace string
+	labels, annotations   map[string]string
+	templateLabels        map[string]string
+	templateAnnotations   map[string]string
+}
+
+func (w workload) key() string { return w.kind + "/" + w.name }
+
+// listWorkloads lists the workloads of one kind in a namespace.
+func (r *FilterDeploymentReconciler) listWorkloads(ctx context.Context, ns, kind string) ([]workload, error) {
+	var out []workload
+	add := func(kind string, o metav1.Object, tmpl metav1.ObjectMeta) {
+		out = append(out, workload{kind: kind, name: o.GetName(), namespace: o.GetNamespace(), labels: o.GetLabels(),
+			annotations: o.GetAnnotations(), templateLabels: tmpl.Labels, templateAnnotations: tmpl.Annotations})
+	}
+	in := client.InNamespace(ns)
+	switch kind {
+	case "Deployment":
+		var l appsv1.DeploymentList
+		if err := r.List(ctx, &l, in); err != nil {
+			return nil, err
+		}
+		for i := range l.Items {
+			add(kind, &l.Items[i], l.Items[i].Spec.Template.ObjectMeta)
+		}
+	case "DaemonSet":
+		var l appsv1.DaemonSetList
+		if err := r.List(ctx, &l, in); err != nil {
+			return nil, err
+		}
+		for i := range l.Items {
+			add(kind, &l.Items[i], l.Items[i].Spec.Template.ObjectMeta)
+		}
+	case "StatefulSet":
+		var l appsv1.StatefulSetList
+		if err := r.List(ctx, &l, in); err != nil {
+			return nil, err
+		}
+		for i := range l.Items {
+			add(kind, &l.Items[i], l.Items[i].Spec.Template.ObjectMeta)
+		}
+	}
+	slices.SortFunc(out, func(a, b workload) int { return strings.Compare(a.name, b.name) })
+	return out, nil
+}
+
+// selects tells whether fd selects w: same kind, and every label of the selector among the
+// workload's own labels or among its pod template's (the original looked only at the former,
+// and Deployments labelled only through their template were silently skipped).
+func selects(fd *wasmev1.FilterDeployment, w workload) bool {
+	kind, err := fd.Spec.Deployment.Istio.WorkloadKind()
+	if err != nil || kind != w.kind || fd.Namespace != w.namespace {
+		return false
+	}
+	sel := labels.SelectorFromSet(selectorLabels(fd))
+	return sel.Matches(labels.Set(w.labels)) || sel.Matches(labels.Set(w.templateLabels))
+}
+
+func selectorLabels(fd *wasmev1.FilterDeployment) map[string]string {
+	out := make(map[string]string, len(fd.Spec.Deployment.Istio.Labels))
+	for k, v := range fd.Spec.Deployment.Istio.Labels {
+		out[k] = string(v)
+	}
+	return out
+}
+
+// reconcileWorkloads patches every selected workload and gives it its EnvoyFilter. A failing
+// workload is reported and does not stop the others.
+func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd *wasmev1.FilterDeployment, p *pass) error {
+	kind, err := fd.Spec.Deployment.Istio.WorkloadKind()
+	if err != nil {
+		p.stalled = true
+		p.stop(wasmev1.InvalidSpecReason, err)
+		return nil
+	}
+	all, err := r.listWorkloads(ctx, fd.Namespace, kind)
+	if err != nil {
+		return fmt.Errorf("listing %ss: %w", kind, err)
+	}
+	owner := metav1.NewControllerRef(fd, wasmev1.GroupVersion.WithKind("FilterDeployment"))
+	cfg, _ := fd.Spec.Filter.DecodeConfig() // reconcileImage refused an undecodable config
+	ctxName, err := fd.Spec.Filter.EnvoyPatchContext()
+	if err != nil {
+		p.stalled = true
+		p.stop(wasmev1.InvalidSpecReason, err)
+		return nil
+	}
+
+	statuses := map[string]wasmev1.WorkloadStatus{}
+	want := map[string]bool{}
+	var failed []string
+	for _, w := range all {
+		if !selects(fd, w) {
+			continue
+		}
+		efName := w.name + "-" + fd.FilterID()
+		want[efName] = true
+		err := r.patchWorkload(ctx, w)
+		if err == nil {
+			err = r.applyEnvoyFilter(ctx, fd, istio.Filter{
+				Name: efName, Namespace: fd.Namespace, WorkloadLabels: w.templateLabels,
+				ID: fd.FilterID(), RootID: fd.Status.RootID,
+				ModuleSHA256: strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:"),
+				Config:       cfg, Context: ctxName, Shape: shape(fd), Owner: owner,
+			}, w)
+		}
+		if err != nil {
+			statuses[w.name] = wasmev1.WorkloadStatus{State: wasmev1.WorkloadFailed, Reason: err.Error()}
+			failed = append(failed, fmt.Sprintf("%s: %v", w.name, err))
+			continue
+		}
+		statuses[w.name] = wasmev1.WorkloadStatus{State: wasmev1.WorkloadSucceeded}
+	}
+	fd.Status.Workloads = statuses
+	if err := r.deleteStaleEnvoyFilters(ctx, fd, want); err != nil {
+		return err
+	}
+	switch {
+	case len(failed) > 0:
+		p.stop(wasmev1.WorkloadFailedReason, fmt.Errorf("applying filter to workloads: %s", strings.Join(failed, "; ")))
+		return errors.New(p.message)
+	case len(statuses) == 0:
+		p.stop(wasmev1.NoWorkloadsReason, fmt.Errorf("no %s in namespace %s matches labels %v", kind, fd.Namespace, selectorLabels(fd)))
+	}
+	return nil
+}
+
+// applyEnvoyFilter creates or updates the workload's EnvoyFilter, and writes nothing when it is
+// already as wanted.
+func (r *FilterDeploymentReconciler) applyEnvoyFilter(ctx context.Context, fd *wasmev1.FilterDeployment, f istio.Filter, w workload) error {
+	if errs := validation.IsDNS1123Subdomain(f.Name); len(errs) > 0 {
+		return fmt.Errorf("EnvoyFilter name %q: %s; use a shorter spec.filter.id", f.Name, strings.Join(errs, ", "))
+	}
+	ef, err := istio.BuildEnvoyFilter(f)
+	if err != nil {
+		return err
+	}
+	ef.Annotations = map[string]string{WorkloadAnnotation: w.key()}
+
+	var cur networkingv1alpha3.EnvoyFilter
+	switch err := r.Get(ctx, client.ObjectKeyFromObject(ef), &cur); {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return err
+	default:
+		if owner := metav1.GetControllerOf(&cur); owner == nil || owner.UID != fd.UID {
+			return fmt.Errorf("EnvoyFilter %s exists and is not this FilterDeployment's: give it another spec.filter.id", ef.Name)
+		}
+		if sameEnvoyFilter(&cur, ef) {
+			return nil
+		}
+	}
+	u, err := toUnstructured(ef)
+	if err != nil {
+		return err
+	}
+	if err := r.Patch(ctx, u, client.Apply, client.FieldOwner(wasmev1.OperatorFieldManager), client.ForceOwnership); err != nil { //nolint:staticcheck // unstructured apply
+		return fmt.Errorf("applying EnvoyFilter %s: %w", ef.Name, err)
+	}
+	return nil
+}
+
+func sameEnvoyFilter(cur, want *networkingv1alpha3.EnvoyFilter) bool {
+	a, _ := json.Marshal(&cur.Spec)
+	b, _ := json.Marshal(&want.Spec)
+	return string(a) == string(b) && maps.Equal(cur.Labels, want.Labels) && cur.Annotations[WorkloadAnnotation] == want.Annotations[WorkloadAnnotation]
+}
+
+func toUnstructured(o client.Object) (*unstructured.Unstructured, error) {
+	b, err := json.Marshal(o)
+	if err != nil {
+		return nil, err
+	}
+	u := &unstructured.Unstructured{}
+	if err := json.Unmarshal(b, &u.Object); err != nil {
+		return nil, err
+	}
+	unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
+	unstructured.RemoveNestedField(u.Object, "status")
+	return u, nil
+}
+
+// deleteStaleEnvoyFilters removes this FilterDeployment's EnvoyFilters that no selected
+// workload needs any more (workload relabelled or gone, id changed).
+func (r *FilterDeploymentReconciler) deleteStaleEnvoyFilters(ctx context.Context, fd *wasmev1.FilterDeployment, want map[string]bool) error {
+	var efs networkingv1alpha3.EnvoyFilterList
+	if err := r.List(ctx, &efs, client.InNamespace(fd.Namespace)); err != nil {
+		return fmt.Errorf("listing EnvoyFilters: %w", err)
+	}
+	for _, ef := range efs.Items {
+		if want[ef.Name] || !metav1.IsControlledBy(ef, fd) {
+			continue
+		}
+		if err := r.Delete(ctx, ef); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("deleting stale EnvoyFilter %s: %w", ef.Name, err)
+		}
+	}
+	return nil
+}
+
+// patchWorkload merges the cache volume into the workload's sidecar annotations. The first
+// time, the user's own values are recorded; later passes compute the same result and write
+// nothing, so the pods roll once.
+func (r *FilterDeploymentReconciler) patchWorkload(ctx context.Context, w workload) error {
+	orig, err := originals(w)
+	if err != nil {
+		return err
+	}
+	want := map[string]string{}
+	for key, ours := range map[string]string{UserVolumeAnnotation: UserVolume, UserVolumeMountAnnotation: UserVolumeMount} {
+		v, err := mergeVolumes(orig[key], ours)
+		if err != nil {
+			return fmt.Errorf("annotation %s: %w", key, err)
+		}
+		want[key] = v
+	}
+	recorded, _ := json.Marshal(orig)
+	if w.annotations[OriginalAnnotation] == string(recorded) &&
+		w.templateAnnotations[UserVolumeAnnotation] == want[UserVolumeAnnotation] &&
+		w.templateAnnotations[UserVolumeMountAnnotation] == want[UserVolumeMountAnnotation] {
+		return nil
+	}
+	return r.applyWorkload(ctx, w, map[string]string{OriginalAnnotation: string(recorded)}, want)
+}
+
+// releaseWorkload undoes patchWorkload: it applies the recorded user values alone, which
+// drops every field wasme owned and leaves the user's annotations as they were.
+func (r *FilterDeploymentReconciler) releaseWorkload(ctx context.Context, w workload) error {
+	orig, err := originals(w)
+	if err != nil {
+		return err
+	}
+	return r.applyWorkload(ctx, w, nil, orig)
+}
+
+// originals are the user's values of the sidecar annotations: as recorded, or, on a workload
+// wasme has not patched, as they are now.
+func originals(w workload) (map[string]string, error) {
+	orig := map[string]string{}
+	if rec, ok := w.annotations[OriginalAnnotation]; ok {
+		if err := json.Unmarshal([]byte(rec), &orig); err != nil {
+			return nil, fmt.Errorf("annotation %s is not a JSON object of strings: %w", OriginalAnnotation, err)
+		}
+		return orig, nil
+	}
+	for _, k := range []string{UserVolumeAnnotation, UserVolumeMountAnnotation} {
+		if v, ok := w.templateAnnotations[k]; ok {
+			orig[k] = v
+		}
+	}
+	return orig, nil
+}
+
+// mergeVolumes adds wasme's entry to a user's JSON list of volumes (or mounts). An entry of
+// the user's with the same name must be identical, or sidecar injection would get two
+// different "cache-dir"s.
+func mergeVolumes(user, ours string) (string, error) {
+	if strings.TrimSpace(user) == "" {
+		return ours, nil
+	}
+	var list []json.RawMessage
+	if err := json.Unmarshal([]byte(user), &list); err != nil {
+		return "", fmt.Errorf("the workload's value is not a JSON list: %w", err)
+	}
+	var mine []map[string]any
+	_ = json.Unmarshal([]byte(ours), &mine)
+	for _, raw := range list {
+		var entry map[string]any
+		if err := json.Unmarshal(raw, &entry); err != nil {
+			return "", fmt.Errorf("the workload's value is not a JSON list of objects: %w", err)
+		}
+		if entry["name"] == mine[0]["name"] {
+			if reflect.DeepEqual(entry, mine[0]) {
+				return user, nil
+			}
+			return "", fmt.Errorf("the workload already has a different entry named %v", entry["name"])
+		}
+	}
+	list = append(list, json.RawMessage(ours[1:len(ours)-1]))
+	b, err := json.Marshal(list)
+	return string(b), err
+}
+
+// applyWorkload server-side applies exactly these annotations as wasme's, on the workload's
+// metadata and on its pod template; annotations wasme applied before and left out are removed.
+func (r *FilterDeploymentReconciler) applyWorkload(ctx context.Context, w workload, meta, template map[string]string) error {
+	u := &unstructured.Unstructured{}
+	u.SetAPIVersion("apps/v1")
+	u.SetKind(w.kind)
+	u.SetNamespace(w.namespace)
+	u.SetName(w.name)
+	if len(meta) > 0 {
+		u.SetAnnotations(meta)
+	}
+	if len(template) > 0 {
+		if err := unstructured.SetNestedStringMap(u.Object, template, "spec", "template", "metadata", "annotations"); err != nil {
+			return err
+		}
+	}
+	err := r.Patch(ctx, u, client.Apply, client.FieldOwner(wasmev1.OperatorFieldManager), client.ForceOwnership) //nolint:staticcheck // unstructured apply
+	if err != nil {
+		return fmt.Errorf("patching %s %s: %w", w.kind, w.name, err)
+	}
+	return nil
+}
+
+// releaseUnselected restores every workload of the namespace that wasme patched and that no
+// live FilterDeployment selects any more (relabelled, kind changed, FilterDeployment deleted).
+// except is a FilterDeployment being deleted, which no longer counts.
+func (r *FilterDeploymentReconciler) releaseUnselected(ctx context.Context, ns string, except *wasmev1.FilterDeployment) error {
+	var fds wasmev1.FilterDeploymentList
+	if err := r.List(ctx, &fds, client.InNamespace(ns)); err != nil {
+		return fmt.Errorf("listing FilterDeployments: %w", err)
+	}
+	var errs []error
+	for _, kind := range []string{"Deployment", "DaemonSet", "StatefulSet"} {
+		ws, err := r.listWorkloads(ctx, ns, kind)
+		if err != nil {
+			return fmt.Errorf("listing %ss: %w", kind, err)
+		}
+		for _, w := range ws {
+			if _, patched := w.annotations[OriginalAnnotation]; !patched || selectedByAny(fds.Items, w, except) {
+				continue
+			}
+			errs = append(errs, r.releaseWorkload(ctx, w))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func selectedByAny(fds []wasmev1.FilterDeployment, w workload, except *wasmev1.FilterDeployment) bool {
+	for i := range fds {
+		fd := &fds[i]
+		if (except != nil && fd.UID == except.UID) || !fd.DeletionTimestamp.IsZero() {
+			continue
+		}
+		if selects(fd, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// reconcileDelete removes the FilterDeployment's EnvoyFilters and, from workloads no other
+// FilterDeployment selects, wasme's annotations; then it lets the object go.
+func (r *FilterDeploymentReconciler) reconcileDelete(ctx context.Context, fd *wasmev1.FilterDeployment) error {
+	if !controllerutil.ContainsFinalizer(fd, wasmev1.Finalizer) {
+		return nil
+	}
+	if err := r.deleteStaleEnvoyFilters(ctx, fd, nil); err != nil {
+		return err
+	}
+	if err := r.releaseUnselected(ctx, fd.Namespace, fd); err != nil {
+		return err
+	}
+	patch := client.MergeFrom(fd.DeepCopy())
+	controllerutil.RemoveFinalizer(fd, wasmev1.Finalizer)
+	if err := r.Patch(ctx, fd, patch); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("removing finalizer: %w", err)
+	}
+	return nil
+}
