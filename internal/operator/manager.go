@@ -1,0 +1,107 @@
+package operator
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/moduleserver"
+)
+
+// Options configure a running operator.
+type Options struct {
+	// MetricsAddr, ProbeAddr and ModuleAddr are the listen addresses of the metrics endpoint,
+	// the health probes and the module server; "0" turns the first two off.
+	MetricsAddr, ProbeAddr, ModuleAddr string
+	// LeaderElection makes one replica at a time reconcile; every replica serves modules.
+	LeaderElection bool
+	// LeaderElectionNamespace holds the lease; empty means the in-cluster namespace.
+	LeaderElectionNamespace string
+	// CacheUsers may fetch modules: the node cache daemons' ServiceAccount user names.
+	CacheUsers []string
+	// ResolveInterval is how often tags are resolved again.
+	ResolveInterval time.Duration
+	// Images and Validate default to RegistryImages{} and ValidateModule.
+	Images   ImageSource
+	Validate Validator
+	// Scheme must hold the wasme, Istio networking and built-in types.
+	Scheme *runtime.Scheme
+	Log    logr.Logger
+}
+
+// Run runs the operator until ctx ends.
+func Run(ctx context.Context, cfg *rest.Config, o Options) error {
+	if o.Images == nil {
+		o.Images = RegistryImages{}
+	}
+	if o.Validate == nil {
+		o.Validate = ValidateModule
+	}
+	ctrl.SetLogger(o.Log)
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                  o.Scheme,
+		Logger:                  o.Log,
+		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress:  o.ProbeAddr,
+		LeaderElection:          o.LeaderElection,
+		LeaderElectionID:        "wasme-operator.wasme.io",
+		LeaderElectionNamespace: o.LeaderElectionNamespace,
+		// The operator never reads managed fields; they are most of a workload's bytes.
+		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+	})
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+	r := &FilterDeploymentReconciler{
+		Client:          mgr.GetClient(),
+		APIReader:       mgr.GetAPIReader(),
+		Recorder:        mgr.GetEventRecorder(wasmev1.OperatorFieldManager),
+		Images:          o.Images,
+		Validate:        o.Validate,
+		ResolveInterval: o.ResolveInterval,
+	}
+	ms, err := moduleserver.New(moduleserver.Options{
+		Client:        mgr.GetClient(),
+		Authenticator: moduleserver.NewTokenReviewAuthenticator(mgr.GetClient(), time.Minute),
+		AllowedUsers:  o.CacheUsers,
+		Addr:          o.ModuleAddr,
+		Log:           o.Log.WithName("moduleserver"),
+		Fetch: func(ctx context.Context, fd *wasmev1.FilterDeployment) ([]byte, error) {
+			opts, err := r.pullOptions(ctx, fd)
+			if err != nil {
+				return nil, err
+			}
+			img, err := r.fetch(ctx, fd.Spec.Filter.Image, fd.Status.ImageDigest, opts)
+			if err != nil {
+				return nil, err
+			}
+			return img.Module, nil
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("creating the module server: %w", err)
+	}
+	r.Modules = ms
+	if err := mgr.Add(ms); err != nil {
+		return err
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the FilterDeployment controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	return mgr.Start(ctx)
+}

@@ -1,0 +1,376 @@
+package operator_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
+	appsv1 "k8s.io/api/apps/v1"
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/yaml"
+
+	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/istio"
+	"wasme.io/wasme/internal/operator"
+	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/pkg/wasmimage"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	os.Exit(testenv.Main(m, &env))
+}
+
+var (
+	moduleOnce sync.Once
+	module     []byte
+)
+
+// customHeader is the seed's filter, built from examples/filters/custom-header.
+func customHeader(t *testing.T) []byte {
+	moduleOnce.Do(func() { module = registrytest.BuildExampleFilter(t, "custom-header") })
+	if module == nil {
+		t.Fatal("custom-header did not build")
+	}
+	return module
+}
+
+// cluster is one test's world: a registry, the install applied, istiod, and a running operator
+// with the shipped RBAC.
+type cluster struct {
+	t   *testing.T
+	ctx context.Context
+	c   client.Client
+	reg *registrytest.Registry
+}
+
+func setup(t *testing.T, istiodImage string) *cluster {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	cl := &cluster{t: t, ctx: ctx, c: env.Client, reg: registrytest.Start(t, registrytest.Options{TLS: true})}
+	if err := env.ApplyFile(ctx, filepath.Join(testenv.RepoRoot(), "deploy", "wasme.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if istiodImage != "" {
+		cl.ensureNamespace("istio-system")
+		d := deployment("istio-system", "istiod", map[string]string{"app": "istiod"}, nil)
+		d.Spec.Template.Spec.Containers[0].Name = "discovery"
+		d.Spec.Template.Spec.Containers[0].Image = istiodImage
+		cl.apply(d)
+	}
+	cfg := cl.serviceAccountConfig("wasme", "wasme-operator")
+	done := make(chan error, 1)
+	go func() {
+		done <- operator.Run(ctx, cfg, operator.Options{
+			MetricsAddr: "0", ProbeAddr: "0", ModuleAddr: "127.0.0.1:0",
+			ResolveInterval: time.Hour,
+			Images:          operator.RegistryImages{Options: []wasmimage.Option{wasmimage.WithCAPEM(cl.reg.CAPEM)}},
+			Scheme:          env.Scheme,
+			Log:             zap.New(zap.WriteTo(testWriter{t}), zap.UseDevMode(true)),
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("operator: %v", err)
+		}
+	})
+	return cl
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// serviceAccountConfig authenticates as a ServiceAccount, so the shipped RBAC is what the
+// operator gets: a missing permission fails the test.
+func (cl *cluster) serviceAccountConfig(ns, name string) *rest.Config {
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	exp := int64(3600)
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(cl.ctx, name,
+		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	cfg := rest.AnonymousClientConfig(env.Config)
+	cfg.BearerToken = tr.Status.Token
+	return cfg
+}
+
+func (cl *cluster) ensureNamespace(name string) {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := cl.c.Create(cl.ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+		cl.t.Fatal(err)
+	}
+}
+
+func (cl *cluster) apply(o client.Object) {
+	cl.t.Helper()
+	if err := cl.c.Create(cl.ctx, o); err != nil {
+		cl.t.Fatal(err)
+	}
+}
+
+func deployment(ns, name string, labels, annotations map[string]string) *appsv1.Deployment {
+	return &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: annotations},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app:1"}}},
+			},
+		},
+	}
+}
+
+// push pushes the module to the test registry and returns the reference.
+func (cl *cluster) push(repo string, mod []byte) string {
+	cl.t.Helper()
+	ref := cl.reg.Host + "/" + repo
+	if _, err := wasmimage.Push(cl.ctx, ref, mod, wasmimage.RuntimeConfig{RootIDs: []string{"add_header"}},
+		wasmimage.WithCAPEM(cl.reg.CAPEM)); err != nil {
+		cl.t.Fatal(err)
+	}
+	return ref
+}
+
+// reportNode writes a simulated node's cache report holding the given modules.
+func (cl *cluster) reportNode(name string, digests ...string) {
+	cl.t.Helper()
+	nc := &wasmev1.NodeCache{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := cl.c.Get(cl.ctx, client.ObjectKeyFromObject(nc), nc); apierrors.IsNotFound(err) {
+		if err := cl.c.Create(cl.ctx, nc); err != nil {
+			cl.t.Fatal(err)
+		}
+	}
+	nc.Status.Conditions = []metav1.Condition{{Type: wasmev1.ReadyCondition, Status: metav1.ConditionTrue, Reason: "Serving", LastTransitionTime: metav1.Now()}}
+	nc.Status.Modules = nil
+	for _, d := range digests {
+		nc.Status.Modules = append(nc.Status.Modules, wasmev1.NodeCacheModule{Digest: d, State: wasmev1.ModuleReady, LastTransitionTime: metav1.Now()})
+	}
+	if err := cl.c.Status().Update(cl.ctx, nc); err != nil {
+		cl.t.Fatal(err)
+	}
+}
+
+// eventually polls cond until it holds, failing the test with the last message after a minute.
+func (cl *cluster) eventually(what string, cond func() (bool, string)) {
+	cl.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			cl.t.Fatalf("timed out waiting for %s: %s", what, msg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (cl *cluster) fd(ns, name string) *wasmev1.FilterDeployment {
+	fd := &wasmev1.FilterDeployment{}
+	if err := cl.c.Get(cl.ctx, client.ObjectKey{Namespace: ns, Name: name}, fd); err != nil {
+		cl.t.Fatal(err)
+	}
+	return fd
+}
+
+func (cl *cluster) envoyFilters(ns string) map[string]*networkingv1alpha3.EnvoyFilter {
+	var l networkingv1alpha3.EnvoyFilterList
+	if err := cl.c.List(cl.ctx, &l, client.InNamespace(ns)); err != nil {
+		cl.t.Fatal(err)
+	}
+	out := map[string]*networkingv1alpha3.EnvoyFilter{}
+	for _, ef := range l.Items {
+		out[ef.Name] = ef
+	}
+	return out
+}
+
+func ready(fd *wasmev1.FilterDeployment) (bool, string) {
+	c := apimeta.FindStatusCondition(fd.Status.Conditions, wasmev1.ReadyCondition)
+	if c == nil {
+		return false, "no Ready condition"
+	}
+	return c.Status == metav1.ConditionTrue && fd.Status.ObservedGeneration == fd.Generation,
+		fmt.Sprintf("Ready=%s %s: %s (observed %d of %d)", c.Status, c.Reason, c.Message, fd.Status.ObservedGeneration, fd.Generation)
+}
+
+const seedFD = `apiVersion: wasme.io/v1
+kind: FilterDeployment
+metadata:
+  name: bookinfo-custom-filter
+  namespace: bookinfo
+spec:
+  deployment:
+    istio:
+      kind: Deployment
+  filter:
+    image: REGISTRY/ryysud/custom-header:v0.1
+`
+
+// The seed walkthrough: the seed's FilterDeployment (registry host aside) on bookinfo's two
+// Deployments with Istio 1.5, then a config update, then deletion.
+func TestSeedWalkthrough(t *testing.T) {
+	cl := setup(t, "registry.example.com/istio/pilot:1.5.6")
+	mod := customHeader(t)
+	cl.push("ryysud/custom-header:v0.1", mod)
+	cl.ensureNamespace("bookinfo")
+	for _, name := range []string{"details", "productpage"} {
+		cl.apply(deployment("bookinfo", name+"-v1", map[string]string{"app": name, "version": "v1"}, nil))
+	}
+
+	fd := &wasmev1.FilterDeployment{}
+	if err := yaml.UnmarshalStrict([]byte(strings.ReplaceAll(seedFD, "REGISTRY", cl.reg.Host)), fd); err != nil {
+		t.Fatal(err)
+	}
+	cl.apply(fd)
+
+	// Before any node holds the module, nothing is wired and status says why.
+	cl.eventually("the module digest and the cache wait", func() (bool, string) {
+		fd = cl.fd("bookinfo", "bookinfo-custom-filter")
+		c := apimeta.FindStatusCondition(fd.Status.Conditions, wasmev1.ReadyCondition)
+		return c != nil && c.Reason == wasmev1.CachePendingReason && fd.Status.ModuleDigest != "", fmt.Sprintf("%+v", fd.Status)
+	})
+	if n := len(cl.envoyFilters("bookinfo")); n != 0 {
+		t.Fatalf("%d EnvoyFilters before the module was cached", n)
+	}
+	sum := sha256.Sum256(mod)
+	wantDigest := "sha256:" + hex.EncodeToString(sum[:])
+	if fd.Status.ModuleDigest != wantDigest {
+		t.Fatalf("status.moduleDigest = %s, want %s", fd.Status.ModuleDigest, wantDigest)
+	}
+
+	cl.reportNode("node-1", fd.Status.ModuleDigest)
+	cl.eventually("Ready", func() (bool, string) { fd = cl.fd("bookinfo", "bookinfo-custom-filter"); return ready(fd) })
+
+	if fd.Status.ObservedGeneration != 1 || fd.Status.RootID != "add_header" || fd.Status.CachedNodes != 1 || fd.Status.IstioVersion != "1.5" {
+		t.Errorf("status = %+v", fd.Status)
+	}
+	for _, w := range []string{"details-v1", "productpage-v1"} {
+		if got := fd.Status.Workloads[w]; got.State != wasmev1.WorkloadSucceeded {
+			t.Errorf("workload %s: %+v", w, got)
+		}
+	}
+	efs := cl.envoyFilters("bookinfo")
+	if len(efs) != 2 {
+		t.Fatalf("EnvoyFilters: %v", keys(efs))
+	}
+	sha := strings.TrimPrefix(wantDigest, "sha256:")
+	for _, w := range []struct{ workload, app string }{{"details-v1", "details"}, {"productpage-v1", "productpage"}} {
+		ef := efs[w.workload+"-bookinfo-custom-filter.bookinfo"]
+		if ef == nil {
+			t.Fatalf("no EnvoyFilter for %s: %v", w.workload, keys(efs))
+		}
+		if !metav1.IsControlledBy(ef, fd) {
+			t.Errorf("%s is not controlled by the FilterDeployment: %v", ef.Name, ef.OwnerReferences)
+		}
+		want, err := istio.BuildEnvoyFilter(istio.Filter{
+			WorkloadLabels: map[string]string{"app": w.app, "version": "v1"}, ID: "bookinfo-custom-filter.bookinfo",
+			RootID: "add_header", ModuleSHA256: sha, Config: wasmev1.FilterConfig{TypeURL: wasmev1.StringValueType},
+			Context: "SIDECAR_INBOUND", Shape: istio.LegacyShape,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := specJSON(t, ef), specJSON(t, want); got != want {
+			t.Errorf("%s spec:\n got %s\nwant %s", ef.Name, got, want)
+		}
+	}
+	for _, name := range []string{"details-v1", "productpage-v1"} {
+		d := cl.deployment("bookinfo", name)
+		a := d.Spec.Template.Annotations
+		if a[operator.UserVolumeAnnotation] != operator.UserVolume || a[operator.UserVolumeMountAnnotation] != operator.UserVolumeMount {
+			t.Errorf("%s template annotations: %v", name, a)
+		}
+		if d.Generation != 2 {
+			t.Errorf("%s: generation %d, want 2 (one pod template change)", name, d.Generation)
+		}
+	}
+
+	// Update the config: EnvoyFilters change, pods do not roll.
+	fd.Spec.Filter.Config = &apiextensionsv1.JSON{Raw: []byte(`"{\"name\":\"hello\",\"value\":\"there\"}"`)}
+	if err := cl.c.Update(cl.ctx, fd); err != nil {
+		t.Fatal(err)
+	}
+	cl.eventually("the update", func() (bool, string) {
+		fd = cl.fd("bookinfo", "bookinfo-custom-filter")
+		ok, msg := ready(fd)
+		ef := cl.envoyFilters("bookinfo")["details-v1-bookinfo-custom-filter.bookinfo"]
+		return ok && fd.Status.ObservedGeneration == 2 && ef != nil && strings.Contains(specJSON(t, ef), "there"), msg
+	})
+	for _, name := range []string{"details-v1", "productpage-v1"} {
+		if g := cl.deployment("bookinfo", name).Generation; g != 2 {
+			t.Errorf("%s rolled on a config update: generation %d", name, g)
+		}
+	}
+
+	// Delete: EnvoyFilters, annotations and the object go.
+	if err := cl.c.Delete(cl.ctx, fd); err != nil {
+		t.Fatal(err)
+	}
+	cl.eventually("deletion", func() (bool, string) {
+		err := cl.c.Get(cl.ctx, client.ObjectKeyFromObject(fd), &wasmev1.FilterDeployment{})
+		return apierrors.IsNotFound(err), fmt.Sprint(err)
+	})
+	if efs := cl.envoyFilters("bookinfo"); len(efs) != 0 {
+		t.Errorf("EnvoyFilters left: %v", keys(efs))
+	}
+	for _, name := range []string{"details-v1", "productpage-v1"} {
+		d := cl.deployment("bookinfo", name)
+		if len(d.Spec.Template.Annotations) != 0 || d.Annotations[operator.OriginalAnnotation] != "" {
+			t.Errorf("%s keeps wasme's annotations: %v %v", name, d.Spec.Template.Annotations, d.Annotations)
+		}
+	}
+}
+
+func (cl *cluster) deployment(ns, name string) *appsv1.Deployment {
+	d := &appsv1.Deployment{}
+	if err := cl.c.Get(cl.ctx, client.ObjectKey{Namespace: ns, Name: name}, d); err != nil {
+		cl.t.Fatal(err)
+	}
+	return d
+}
+
+func specJSON(t *testing.T, ef *networkingv1alpha3.EnvoyFilter) string {
+	b, err := json.Marshal(&ef.Spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
