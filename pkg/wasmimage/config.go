@@ -88,7 +88,7 @@ func ParseRuntimeConfig(b []byte) (RuntimeConfig, error) {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return c, fmt.Errorf("runtime config: empty")
 	}
-	err := json.Unmarshal(b, &c)
+	err := c.UnmarshalJSON(b)
 	return c, err
 }
 

@@ -7,7 +7,9 @@ import (
 	"net/http"
 	"strings"
 
+	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/errdef"
+	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/errcode"
 )
 
@@ -31,7 +33,7 @@ func classify(ref Reference, op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	for _, s := range []error{ErrNotWasm, ErrBadManifest, ErrTooLarge, ErrDigestMismatch, ErrNotFound, ErrUnauthorized, ErrUnreachable} {
+	for _, s := range []error{ErrNotWasm, ErrBadManifest, ErrBadArchive, ErrTooLarge, ErrDigestMismatch, ErrNotFound, ErrUnauthorized, ErrUnreachable} {
 		if errors.Is(err, s) {
 			return fmt.Errorf("%s %s: %w", op, ref, err)
 		}
@@ -59,12 +61,21 @@ func classify(ref Reference, op string, err error) error {
 	if errors.Is(err, errdef.ErrNotFound) {
 		return fmt.Errorf("%s %s: %w: %s does not exist in %s", op, ref, ErrNotFound, ref.target(), ref.Registry)
 	}
+	if errors.Is(err, auth.ErrBasicCredentialNotFound) || strings.Contains(err.Error(), "missing username or password") {
+		return fmt.Errorf("%s %s: %w: registry %s requires credentials (wasme login, or -u/-p)", op, ref, ErrUnauthorized, ref.Registry)
+	}
+	if errors.Is(err, content.ErrMismatchedDigest) || errors.Is(err, content.ErrTrailingData) || errors.Is(err, content.ErrInvalidDescriptorSize) {
+		return fmt.Errorf("%s %s: %w: the registry sent content that does not match its digest", op, ref, ErrDigestMismatch)
+	}
 	if errors.Is(err, errdef.ErrSizeExceedsLimit) {
 		return fmt.Errorf("%s %s: %w: %v", op, ref, ErrTooLarge, err)
 	}
 	msg := err.Error()
-	if strings.Contains(msg, "mismatch digest") || strings.Contains(msg, "digest mismatch") {
-		return fmt.Errorf("%s %s: %w: the registry sent content that does not match its digest", op, ref, ErrDigestMismatch)
+	if strings.Contains(msg, "x509:") || strings.Contains(msg, "tls:") {
+		return fmt.Errorf("%s %s: TLS with %s failed (use a CA file, or --insecure to skip verification): %s", op, ref, ref.Registry, lastColon(firstLine(msg)))
+	}
+	if strings.Contains(msg, "server gave HTTP response to HTTPS client") {
+		return fmt.Errorf("%s %s: %s speaks plain HTTP (use --plain-http)", op, ref, ref.Registry)
 	}
 	var ne net.Error
 	var oe *net.OpError
@@ -74,12 +85,6 @@ func classify(ref Reference, op string, err error) error {
 			cause = oe.Err
 		}
 		return fmt.Errorf("%s %s: %w: %s: %s", op, ref, ErrUnreachable, ref.Registry, lastColon(firstLine(cause.Error())))
-	}
-	if strings.Contains(msg, "x509:") || strings.Contains(msg, "tls:") {
-		return fmt.Errorf("%s %s: TLS with %s failed (use a CA file, or --insecure to skip verification): %s", op, ref, ref.Registry, lastColon(firstLine(msg)))
-	}
-	if strings.Contains(msg, "server gave HTTP response to HTTPS client") {
-		return fmt.Errorf("%s %s: %s speaks plain HTTP (use --plain-http)", op, ref, ref.Registry)
 	}
 	return fmt.Errorf("%s %s: %s", op, ref, firstLine(msg))
 }

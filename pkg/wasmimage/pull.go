@@ -2,12 +2,16 @@ package wasmimage
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
 	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry/remote"
+	"oras.land/oras-go/v2/registry/remote/errcode"
 )
 
 // Image is a pulled Wasm filter image.
@@ -43,7 +47,7 @@ func Resolve(ctx context.Context, ref string, opts ...Option) (digest.Digest, er
 	}
 	desc, err := repo.Resolve(ctx, r.target())
 	if err != nil {
-		return "", classify(r, "resolve", err)
+		return "", classify(r, "resolve", explainNotFound(ctx, repo, r, err))
 	}
 	if r.Digest != "" && desc.Digest != r.Digest {
 		return "", fmt.Errorf("resolve %s: %w: registry answered %s", r, ErrDigestMismatch, desc.Digest)
@@ -67,7 +71,7 @@ func Pull(ctx context.Context, ref string, opts ...Option) (*Image, error) {
 	}
 	img, err := pull(ctx, repo, r, o)
 	if err != nil {
-		return nil, classify(r, "pull", err)
+		return nil, classify(r, "pull", explainNotFound(ctx, repo, r, err))
 	}
 	return img, nil
 }
@@ -165,3 +169,23 @@ func configFromAnnotations(a map[string]string) RuntimeConfig {
 	}
 	return c
 }
+
+// explainNotFound tells an unknown repository from an unknown tag: a registry answers both
+// with 404 on the manifest, and oras-go drops the error body, so the tag list is asked.
+func explainNotFound(ctx context.Context, repo *remote.Repository, r Reference, err error) error {
+	if !errors.Is(err, errdef.ErrNotFound) {
+		return err
+	}
+	terr := repo.Tags(ctx, "", func([]string) error { return errStopTags })
+	var er *errcode.ErrorResponse
+	if errors.As(terr, &er) && er.StatusCode == http.StatusNotFound {
+		return fmt.Errorf("%w: repository %s does not exist in %s", ErrNotFound, r.Repository, r.Registry)
+	}
+	what := "tag " + r.Tag
+	if r.Digest != "" {
+		what = "manifest " + r.Digest.String()
+	}
+	return fmt.Errorf("%w: %s does not exist in %s", ErrNotFound, what, r.Name())
+}
+
+var errStopTags = errors.New("stop")
