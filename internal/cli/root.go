@@ -31,6 +31,7 @@ func NewRootCmd(s streams) *cobra.Command {
 	root.SetOut(s.out)
 	root.SetErr(s.errOut)
 	root.AddCommand(newVersionCmd(s))
+	root.AddCommand(newOperatorCmd(s))
 	root.AddCommand(newRunCmd(s))
 	return root
 }

@@ -17,19 +17,18 @@ import (
 	"testing"
 	"time"
 
-	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/kube"
 )
 
 // Env is a running API server.
@@ -45,17 +44,7 @@ type Env struct {
 }
 
 // Scheme builds a scheme with every type the tests and the operator use.
-func Scheme() (*k8sruntime.Scheme, error) {
-	s := k8sruntime.NewScheme()
-	for _, add := range []func(*k8sruntime.Scheme) error{
-		clientgoscheme.AddToScheme, apiextensionsv1.AddToScheme, wasmev1.AddToScheme, networkingv1alpha3.AddToScheme,
-	} {
-		if err := add(s); err != nil {
-			return nil, err
-		}
-	}
-	return s, nil
-}
+func Scheme() (*k8sruntime.Scheme, error) { return kube.Scheme() }
 
 // RepoRoot is the root of this repository (the directory holding go.mod).
 func RepoRoot() string {

@@ -1,0 +1,88 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap/zapcore"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"wasme.io/wasme/internal/kube"
+	"wasme.io/wasme/internal/moduleserver"
+	"wasme.io/wasme/internal/operator"
+	"wasme.io/wasme/pkg/wasmimage"
+)
+
+type operatorOptions struct {
+	kubeconfig              string
+	metricsAddr, probeAddr  string
+	moduleAddr              string
+	leaderElect             bool
+	leaderElectionNamespace string
+	cacheUsers              []string
+	resolveInterval         time.Duration
+	caFile                  string
+	maxModuleSize           int64
+	logLevel                string
+}
+
+func newOperatorCmd(s streams) *cobra.Command {
+	o := operatorOptions{}
+	cmd := &cobra.Command{
+		Use:   "operator",
+		Short: "Run the FilterDeployment operator (the wasme-operator Deployment)",
+		Long: `Run the operator: it reconciles FilterDeployments into workload annotations and Istio
+EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache DaemonSet).`,
+		Example: `  # in the cluster (deploy/wasme.yaml)
+  wasme operator --leader-elect
+
+  # from a workstation, against the current kubeconfig context
+  wasme operator --kubeconfig ~/.kube/config --module-bind-address 127.0.0.1:9980`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			level, err := zapcore.ParseLevel(o.logLevel)
+			if err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			cfg, err := kube.Config(o.kubeconfig)
+			if err != nil {
+				return err
+			}
+			scheme, err := kube.Scheme()
+			if err != nil {
+				return err
+			}
+			imgOpts := []wasmimage.Option{wasmimage.WithMaxModuleSize(o.maxModuleSize)}
+			if o.caFile != "" {
+				imgOpts = append(imgOpts, wasmimage.WithCAFile(o.caFile))
+			}
+			ns := o.leaderElectionNamespace
+			if ns == "" {
+				ns = os.Getenv("POD_NAMESPACE")
+			}
+			return operator.Run(cmd.Context(), cfg, operator.Options{
+				MetricsAddr: o.metricsAddr, ProbeAddr: o.probeAddr, ModuleAddr: o.moduleAddr,
+				LeaderElection: o.leaderElect, LeaderElectionNamespace: ns,
+				CacheUsers: o.cacheUsers, ResolveInterval: o.resolveInterval,
+				Images: operator.RegistryImages{Options: imgOpts},
+				Scheme: scheme,
+				Log:    zap.New(zap.WriteTo(s.errOut), zap.Level(level)),
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; default: in-cluster config, then $KUBECONFIG, then ~/.kube/config")
+	f.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", `Prometheus metrics address; "0" turns it off`)
+	f.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "/healthz and /readyz address")
+	f.StringVar(&o.moduleAddr, "module-bind-address", moduleserver.DefaultAddr, "address serving modules to the node caches")
+	f.BoolVar(&o.leaderElect, "leader-elect", false, "elect one active replica (all replicas serve modules)")
+	f.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader lease; default $POD_NAMESPACE")
+	f.StringSliceVar(&o.cacheUsers, "cache-user", []string{moduleserver.DefaultAllowedUser}, "user names (ServiceAccounts) allowed to fetch modules")
+	f.DurationVar(&o.resolveInterval, "resolve-interval", 5*time.Minute, "how often image tags are resolved again, so a re-pushed tag rolls out")
+	f.StringVar(&o.caFile, "registry-ca-file", "", "PEM file of extra CAs trusted for registries")
+	f.Int64Var(&o.maxModuleSize, "max-module-size", 256<<20, "largest module accepted, in bytes")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
