@@ -83,9 +83,11 @@ func (p *Plugin) newStream(r *http.Request) (*stream, error) {
 	s := &stream{id: in.nextID, in: in, p: p, req: r, start: time.Now(), resumeCh: make(chan struct{}, 1)}
 	in.streams[s.id] = s
 	in.active, in.cur = s.id, s
-	if _, err := in.call(r.Context(), p.cfg.CallTimeout, "proxy_on_context_create", uint64(s.id), uint64(in.root)); err != nil {
-		delete(in.streams, s.id)
-		return nil, err
+	if in.exported("proxy_on_context_create") {
+		if _, err := in.call(r.Context(), p.cfg.CallTimeout, "proxy_on_context_create", uint64(s.id), uint64(in.root)); err != nil {
+			delete(in.streams, s.id)
+			return nil, err
+		}
 	}
 	return s, nil
 }

@@ -199,7 +199,12 @@ func NewPlugin(ctx context.Context, cfg PluginConfig) (*Plugin, error) {
 // and accepts config under rootID. The error says which step failed and includes the filter's
 // own error log lines.
 func Validate(ctx context.Context, module []byte, rootID string, config []byte) error {
+	return validate(ctx, module, rootID, config, nil)
+}
+
+func validate(ctx context.Context, module []byte, rootID string, config []byte, cache *Cache) error {
 	p, err := NewPlugin(ctx, PluginConfig{
+		Cache:         cache,
 		Module:        module,
 		Name:          "validate",
 		RootID:        rootID,
@@ -399,8 +404,10 @@ func (in *instance) start(ctx context.Context) error {
 	in.nextID = 1
 	in.root = in.nextID
 	in.active = in.root
-	if _, err := in.call(ctx, p.cfg.StartTimeout, "proxy_on_context_create", uint64(in.root), 0); err != nil {
-		return in.startErr(err)
+	if in.exported("proxy_on_context_create") {
+		if _, err := in.call(ctx, p.cfg.StartTimeout, "proxy_on_context_create", uint64(in.root), 0); err != nil {
+			return in.startErr(err)
+		}
 	}
 	if in.exported("proxy_on_vm_start") {
 		ok, err := in.call(ctx, p.cfg.StartTimeout, "proxy_on_vm_start", uint64(in.root), uint64(len(p.cfg.VMConfiguration)))
