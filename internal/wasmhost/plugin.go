@@ -341,15 +341,27 @@ func instanceFrom(ctx context.Context) *instance {
 	return in
 }
 
-// guestLog routes the guest's stdout and stderr to the plugin log.
+// guestLog routes the guest's stdout or stderr to the plugin log, a line at a time: the Go
+// runtime, for one, writes a panic message in many small pieces.
 type guestLog struct {
 	in    *instance
 	level LogLevel
+	buf   []byte
 }
 
-func (g guestLog) Write(b []byte) (int, error) {
-	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		g.in.logLine(g.level, line)
+func (g *guestLog) Write(b []byte) (int, error) {
+	g.buf = append(g.buf, b...)
+	for {
+		i := bytes.IndexByte(g.buf, '\n')
+		if i < 0 {
+			break
+		}
+		g.in.logLine(g.level, string(g.buf[:i]))
+		g.buf = g.buf[i+1:]
+	}
+	if len(g.buf) > 4096 {
+		g.in.logLine(g.level, string(g.buf))
+		g.buf = nil
 	}
 	return len(b), nil
 }
@@ -359,8 +371,8 @@ func (p *Plugin) newInstance(ctx context.Context) (*instance, error) {
 	mc := wazero.NewModuleConfig().
 		WithName(""). // anonymous, so a runtime can hold many instances of one module
 		WithStartFunctions().
-		WithStdout(guestLog{in, LogInfo}).
-		WithStderr(guestLog{in, LogError}).
+		WithStdout(&guestLog{in: in, level: LogInfo}).
+		WithStderr(&guestLog{in: in, level: LogError}).
 		WithSysWalltime().
 		WithSysNanotime().
 		WithRandSource(rand.Reader)
@@ -653,4 +665,4 @@ func (p *Plugin) tickLoop() {
 	}
 }
 
-var _ io.Writer = guestLog{}
+var _ io.Writer = (*guestLog)(nil)

@@ -1,0 +1,136 @@
+package wasmhost
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func upstreamHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Upstream", "yes")
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "upstream saw "+r.Method+" "+r.URL.RequestURI())
+	})
+}
+
+func do(t *testing.T, h http.Handler, header ...string) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest("GET", "/details/123?x=1", nil)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+func TestCustomHeaderThroughWrap(t *testing.T) {
+	tests := []struct {
+		name, config, header, value string
+	}{
+		{"default", "", "hello", "world!"},
+		{"configured", `{"name":"x-a","value":"b"}`, "x-a", "b"},
+		{"only the name", `{"name":"x-only"}`, "x-only", "world!"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p, _ := newPlugin(t, PluginConfig{Module: customHeader(t), RootID: "add_header", Configuration: []byte(tc.config)})
+			rec := do(t, p.Wrap(upstreamHandler()))
+			if rec.Code != 200 || rec.Header().Get(tc.header) != tc.value || rec.Header().Get("X-Upstream") != "yes" {
+				t.Fatalf("got %d %v", rec.Code, rec.Header())
+			}
+			if got := rec.Body.String(); got != "upstream saw GET /details/123?x=1" {
+				t.Fatalf("body %q", got)
+			}
+		})
+	}
+}
+
+// TestChainOrder checks Envoy's order: response callbacks run from the last filter to the
+// first, so the inner filter's header value comes first.
+func TestChainOrder(t *testing.T) {
+	a, _ := newPlugin(t, PluginConfig{Module: customHeader(t), RootID: "add_header", Configuration: []byte(`{"name":"x-order","value":"a"}`)})
+	b, _ := newPlugin(t, PluginConfig{Module: customHeader(t), RootID: "add_header", Configuration: []byte(`{"name":"x-order","value":"b"}`)})
+	rec := do(t, Chain(a, b)(upstreamHandler()))
+	if got := rec.Header().Values("X-Order"); !slices.Equal(got, []string{"b", "a"}) {
+		t.Fatalf("x-order %v, want [b a]", got)
+	}
+}
+
+// TestHostileRequests: each misbehaviour is contained with the failure policy, the error is
+// logged clearly, and the same plugin serves the next ordinary request.
+func TestHostileRequests(t *testing.T) {
+	pr := probe(t)
+	tests := []struct {
+		probe    string
+		failOpen bool
+		want     int
+		wantLog  string
+		timeout  time.Duration // per call; 100ms when zero
+	}{
+		{"loop", false, 503, "proxy_on_request_headers did not return within 100ms", 0},
+		{"loop", true, 200, "did not return within", 0},
+		{"hog", false, 503, "memory limit of 64 MiB", 30 * time.Second},
+		{"panic", false, 503, "proxy_on_request_headers trapped: wasm error: unreachable", 0},
+		{"panic", true, 200, "probe: told to panic", 0},
+		{"response-panic", false, 503, "proxy_on_response_headers", 0},
+		{"response-panic", true, 200, "proxy_on_response_headers", 0},
+		{"pause", false, 503, "paused the request and did not continue it within 200ms", 0},
+		{"deny", false, 403, "", 0},
+	}
+	for _, tc := range tests {
+		name := tc.probe
+		if tc.failOpen {
+			name += "/fail-open"
+		}
+		if tc.timeout == 0 {
+			tc.timeout = 100 * time.Millisecond
+		}
+		t.Run(name, func(t *testing.T) {
+			p, logs := newPlugin(t, PluginConfig{
+				Module:       pr,
+				Name:         "probe",
+				FailOpen:     tc.failOpen,
+				CallTimeout:  tc.timeout,
+				PauseTimeout: 200 * time.Millisecond,
+				MemoryLimit:  64 << 20,
+				PoolSize:     1,
+			})
+			h := p.Wrap(upstreamHandler())
+			rec := do(t, h, "x-probe", tc.probe)
+			if rec.Code != tc.want {
+				t.Fatalf("status %d, want %d; body %q; log:\n%s", rec.Code, tc.want, rec.Body, logs)
+			}
+			if tc.want == 200 && rec.Header().Get("X-Upstream") != "yes" {
+				t.Errorf("fail-open response did not come from the upstream: %v", rec.Header())
+			}
+			if tc.probe == "deny" && rec.Body.String() != "denied by probe\n" {
+				t.Errorf("local response body %q", rec.Body)
+			}
+			if !strings.Contains(logs.String(), tc.wantLog) {
+				t.Errorf("log lacks %q:\n%s", tc.wantLog, logs)
+			}
+			// The host still serves: a fresh instance replaces the broken one.
+			for range 2 {
+				if rec := do(t, h); rec.Code != 200 || rec.Header().Get("X-Upstream") != "yes" {
+					t.Fatalf("ordinary request after %s: %d %q", tc.probe, rec.Code, rec.Body)
+				}
+			}
+		})
+	}
+}
+
+func TestRequestMutationsReachUpstream(t *testing.T) {
+	p, _ := newPlugin(t, PluginConfig{Module: customHeader(t), RootID: "add_header"})
+	var seen *http.Request
+	h := p.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen = r }))
+	do(t, h, "X-In", "1")
+	if seen == nil || seen.Header.Get("X-In") != "1" || seen.URL.RequestURI() != "/details/123?x=1" {
+		t.Fatalf("upstream saw %+v", seen)
+	}
+}
