@@ -1,0 +1,123 @@
+package nodecache
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	wasmev1 "wasme.io/wasme/api/v1"
+)
+
+// snapshot is the status to report, modules sorted by digest so equal states compare equal.
+func (d *Daemon) snapshot() wasmev1.NodeCacheStatus {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := wasmev1.NodeCacheStatus{}
+	if d.readyCond.Type != "" {
+		st.Conditions = []metav1.Condition{d.readyCond}
+	}
+	for h, m := range d.modules {
+		st.Modules = append(st.Modules, wasmev1.NodeCacheModule{
+			Digest: "sha256:" + h, State: m.state, Size: m.size, Message: m.message, LastTransitionTime: m.since,
+		})
+	}
+	sort.Slice(st.Modules, func(i, j int) bool { return st.Modules[i].Digest < st.Modules[j].Digest })
+	return st
+}
+
+// reportLoop writes the status whenever it changed, retrying failed writes with backoff until
+// ctx ends; reports coalesce, so a burst of changes costs one write.
+func (d *Daemon) reportLoop(ctx context.Context) {
+	var last *wasmev1.NodeCacheStatus
+	for attempt := 0; ; {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.reportKick:
+		}
+		st := d.snapshot()
+		if st.Conditions == nil || (last != nil && equality.Semantic.DeepEqual(*last, st)) {
+			continue
+		}
+		if err := d.apply(ctx, st); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			delay := backoff(attempt, d.opts.MinRetry, d.opts.MaxRetry)
+			attempt++
+			d.opts.Log.Error(err, "reporting the cache status; retrying", "retryIn", delay)
+			t := time.NewTimer(delay)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+				d.kick(d.reportKick)
+			}
+			continue
+		}
+		attempt = 0
+		last = &st
+	}
+}
+
+// apply server-side applies NodeCache/<node>: the object with its owner reference, then the
+// status. Both are applied every time, so a NodeCache someone deleted comes back.
+func (d *Daemon) apply(ctx context.Context, st wasmev1.NodeCacheStatus) error {
+	obj := d.newNodeCache()
+	if d.owner != nil {
+		obj.SetOwnerReferences([]metav1.OwnerReference{*d.owner})
+	}
+	opts := []client.ApplyOption{client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership}
+	if err := d.client.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), opts...); err != nil {
+		return fmt.Errorf("applying NodeCache %s: %w", d.opts.NodeName, err)
+	}
+	status := d.newNodeCache()
+	status.Object["status"] = statusObject(st)
+	if err := d.client.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(status),
+		client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership); err != nil {
+		return fmt.Errorf("applying the status of NodeCache %s: %w", d.opts.NodeName, err)
+	}
+	return nil
+}
+
+func (d *Daemon) newNodeCache() *unstructured.Unstructured {
+	u := &unstructured.Unstructured{}
+	u.SetAPIVersion(wasmev1.GroupVersion.String())
+	u.SetKind("NodeCache")
+	u.SetName(d.opts.NodeName)
+	return u
+}
+
+// statusObject builds the applied status by hand: an apply owns exactly the fields it sends,
+// so it must not carry the zero values a struct conversion would add.
+func statusObject(st wasmev1.NodeCacheStatus) map[string]any {
+	conds := []any{}
+	for _, c := range st.Conditions {
+		conds = append(conds, map[string]any{
+			"type": c.Type, "status": string(c.Status), "reason": c.Reason, "message": c.Message,
+			"lastTransitionTime": c.LastTransitionTime.UTC().Format(time.RFC3339),
+		})
+	}
+	modules := []any{}
+	for _, m := range st.Modules {
+		e := map[string]any{"digest": m.Digest, "state": string(m.State)}
+		if m.Size > 0 {
+			e["size"] = m.Size
+		}
+		if m.Message != "" {
+			e["message"] = m.Message
+		}
+		if !m.LastTransitionTime.IsZero() {
+			e["lastTransitionTime"] = m.LastTransitionTime.UTC().Format(time.RFC3339)
+		}
+		modules = append(modules, e)
+	}
+	return map[string]any{"conditions": conds, "modules": modules}
+}
