@@ -354,7 +354,11 @@ func TestHostFunctionConformance(t *testing.T) {
 		{"response.code before the response", "proxy_get_property", args(prop("response", "code")), StatusNotFound, nil},
 		{"property path out of bounds", "proxy_get_property", args(func(e *abiEnv) []uint32 { return []uint32{bad, 5, e.ret, e.ret + 4} }), StatusInvalidMemoryAccess, nil},
 		{"property return out of bounds", "proxy_get_property", args(func(e *abiEnv) []uint32 { p, n := e.str("plugin_name"); return []uint32{p, n, bad, e.ret} }), StatusInvalidMemoryAccess, nil},
-		{"set property", "proxy_set_property", args(func(e *abiEnv) []uint32 { p, n := e.str("my\x00prop"); v, vn := e.str("val"); return []uint32{p, n, v, vn} }), StatusOK,
+		{"set property", "proxy_set_property", args(func(e *abiEnv) []uint32 {
+			p, n := e.str("my\x00prop")
+			v, vn := e.str("val")
+			return []uint32{p, n, v, vn}
+		}), StatusOK,
 			func(t *testing.T, e *abiEnv) {
 				if st, _ := e.call("proxy_get_property", prop("my", "prop")(e)...); st != StatusOK || string(e.returned()) != "val" {
 					t.Errorf("get back: %v %q", st, e.returned())
