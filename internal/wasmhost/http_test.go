@@ -18,6 +18,12 @@ func upstreamHandler() http.Handler {
 	})
 }
 
+func httptestDo(h http.Handler, path string) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	return rec
+}
+
 func do(t *testing.T, h http.Handler, header ...string) *httptest.ResponseRecorder {
 	t.Helper()
 	req := httptest.NewRequest("GET", "/details/123?x=1", nil)
