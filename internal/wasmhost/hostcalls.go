@@ -46,9 +46,9 @@ func (h *hc) alloc(n int) (uint32, Status) {
 	if n > math.MaxUint32 {
 		return 0, StatusBadArgument
 	}
-	f := h.in.mod.ExportedFunction("proxy_on_memory_allocate")
+	f := h.in.fn("proxy_on_memory_allocate")
 	if f == nil {
-		f = h.in.mod.ExportedFunction("malloc")
+		f = h.in.fn("malloc")
 	}
 	if f == nil {
 		return 0, StatusInternalFailure
@@ -311,6 +311,7 @@ func hostFuncs() []hostFunc {
 				return StatusBadArgument // the response is already on its way downstream
 			}
 			s.local = &localResponse{code: int(code), details: string(details), body: body, headers: f}
+			s.resume() // a stream paused earlier ends with this response
 			return StatusOK
 		}),
 		fn("proxy_continue_stream", 1, func(h *hc, a []uint64) Status {

@@ -315,6 +315,9 @@ type instance struct {
 	cur     *stream // stream of the active context; nil for the root context
 	props   map[string][]byte
 
+	fnMu sync.Mutex // exported() is also asked outside the instance lock (queue notifications)
+	fns  map[string]api.Function
+
 	tickPeriod time.Duration
 	tickNanos  atomic.Int64 // tickPeriod, readable without mu
 	nextTick   time.Time
@@ -457,7 +460,24 @@ func (in *instance) startErr(err error) error {
 }
 
 func (in *instance) exported(name string) bool {
-	return in.mod.ExportedFunction(name) != nil
+	return in.fn(name) != nil
+}
+
+// fn returns the guest export name, or nil. wazero allocates a call engine (with its stack)
+// for every ExportedFunction lookup, so each instance keeps its own; an api.Function is not
+// safe for concurrent use, which the instance lock already rules out.
+func (in *instance) fn(name string) api.Function {
+	in.fnMu.Lock()
+	defer in.fnMu.Unlock()
+	if f, ok := in.fns[name]; ok {
+		return f
+	}
+	if in.fns == nil {
+		in.fns = map[string]api.Function{}
+	}
+	f := in.mod.ExportedFunction(name)
+	in.fns[name] = f
+	return f
 }
 
 // call runs one guest export with a deadline. The deadline is detached from ctx's
@@ -467,7 +487,7 @@ func (in *instance) call(ctx context.Context, timeout time.Duration, name string
 	if err := in.err(); err != nil {
 		return 0, err
 	}
-	f := in.mod.ExportedFunction(name)
+	f := in.fn(name)
 	if f == nil {
 		return 0, fmt.Errorf("wasmhost: %s is not exported", name)
 	}
