@@ -31,6 +31,7 @@ func NewRootCmd(s streams) *cobra.Command {
 	root.SetOut(s.out)
 	root.SetErr(s.errOut)
 	root.AddCommand(newVersionCmd(s))
+	root.AddCommand(newBuildCmd(s), newPushCmd(s), newPullCmd(s), newTagCmd(s), newListCmd(s), newLoginCmd(s), newInitCmd(s))
 	root.AddCommand(newOperatorCmd(s))
 	root.AddCommand(newRunCmd(s))
 	return root
@@ -41,8 +42,15 @@ func NewRootCmd(s streams) *cobra.Command {
 func Execute() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	s := streams{out: os.Stdout, errOut: os.Stderr}
-	if err := NewRootCmd(s).ExecuteContext(ctx); err != nil {
+	return executeArgs(ctx, streams{out: os.Stdout, errOut: os.Stderr}, os.Stdin, os.Args[1:])
+}
+
+// executeArgs runs one command line and returns its exit code; tests call it as a user would.
+func executeArgs(ctx context.Context, s streams, in io.Reader, args []string) int {
+	root := NewRootCmd(s)
+	root.SetIn(in)
+	root.SetArgs(args)
+	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(s.errOut, "Error:", err)
 		if errors.Is(err, context.Canceled) {
 			return 130

@@ -1,0 +1,77 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"wasme.io/wasme/pkg/wasmimage"
+)
+
+func newPushCmd(s streams) *cobra.Command {
+	var (
+		reg    registryFlags
+		store  storeFlag
+		out    outputFlag
+		layout string
+	)
+	cmd := &cobra.Command{
+		Use:   "push NAME:TAG",
+		Short: "Push an image from the local store to its registry",
+		Long: `Push an image from the local store to the registry its name says.
+
+The default layout is wasme's OCI variant (a runtime-config blob and the raw module, exactly two
+layers), which Istio, Envoy Gateway and Higress read. Registries that refuse custom media types
+take --layout compat (OCI tar+gzip with plugin.wasm) or compat-docker; --layout cncf writes the
+CNCF Wasm artifact.`,
+		Example: `  wasme push registry.example.com/team/my-filter:v1
+  wasme push registry.example.com/team/my-filter:v1 --layout compat -u me --password-stdin`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := out.validate(); err != nil {
+				return err
+			}
+			l, err := wasmimage.ParseLayout(layout)
+			if err != nil {
+				return err
+			}
+			ref, err := parseRef(args[0])
+			if err != nil {
+				return err
+			}
+			if err := reg.readPassword(cmd.InOrStdin()); err != nil {
+				return err
+			}
+			opts, err := reg.options()
+			if err != nil {
+				return err
+			}
+			st, err := store.open()
+			if err != nil {
+				return err
+			}
+			e, module, err := st.Get(ref)
+			if err != nil {
+				return err
+			}
+			res, err := wasmimage.Push(cmd.Context(), ref.String(), module, e.Config, append(opts, wasmimage.WithLayout(l))...)
+			if err != nil {
+				return err
+			}
+			if err := st.SetManifestDigest(ref, res.ManifestDigest); err != nil {
+				return err
+			}
+			info := infoOf(e)
+			info.ManifestDigest, info.Layout = res.ManifestDigest.String(), string(res.Layout)
+			return out.print(s.out, info, func() error {
+				_, err := fmt.Fprintf(s.out, "Pushed %s (layout %s)\nDigest: %s\nModule: %s\n", ref.Familiar(), res.Layout, res.ManifestDigest, res.ModuleDigest)
+				return err
+			})
+		},
+	}
+	reg.bind(cmd)
+	store.bind(cmd)
+	out.bind(cmd)
+	cmd.Flags().StringVar(&layout, "layout", "wasme", "image layout: wasme, compat, compat-docker or cncf")
+	return cmd
+}
