@@ -10,6 +10,7 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -33,6 +34,8 @@ type Options struct {
 	// Images and Validate default to RegistryImages{} and ValidateModule.
 	Images   ImageSource
 	Validate Validator
+	// SkipNameValidation allows several operators in one process (tests, the local harness).
+	SkipNameValidation bool
 	// Scheme must hold the wasme, Istio networking and built-in types.
 	Scheme *runtime.Scheme
 	Log    logr.Logger
@@ -56,7 +59,8 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		LeaderElectionID:        "wasme-operator.wasme.io",
 		LeaderElectionNamespace: o.LeaderElectionNamespace,
 		// The operator never reads managed fields; they are most of a workload's bytes.
-		Cache: cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		Cache:      cache.Options{DefaultTransform: cache.TransformStripManagedFields()},
+		Controller: config.Controller{SkipNameValidation: &o.SkipNameValidation},
 	})
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)

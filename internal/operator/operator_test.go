@@ -64,7 +64,10 @@ type cluster struct {
 	reg *registrytest.Registry
 }
 
-func setup(t *testing.T, istiodImage string) *cluster {
+func setup(t *testing.T, istiodImage string) *cluster { return setupWith(t, istiodImage, time.Hour) }
+
+// setupWith starts the world with a given tag re-resolution interval.
+func setupWith(t *testing.T, istiodImage string, resolveInterval time.Duration) *cluster {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -78,16 +81,18 @@ func setup(t *testing.T, istiodImage string) *cluster {
 		d.Spec.Template.Spec.Containers[0].Name = "discovery"
 		d.Spec.Template.Spec.Containers[0].Image = istiodImage
 		cl.apply(d)
+		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), d) })
 	}
 	cfg := cl.serviceAccountConfig("wasme", "wasme-operator")
 	done := make(chan error, 1)
 	go func() {
 		done <- operator.Run(ctx, cfg, operator.Options{
 			MetricsAddr: "0", ProbeAddr: "0", ModuleAddr: "127.0.0.1:0",
-			ResolveInterval: time.Hour,
-			Images:          operator.RegistryImages{Options: []wasmimage.Option{wasmimage.WithCAPEM(cl.reg.CAPEM)}},
-			Scheme:          env.Scheme,
-			Log:             zap.New(zap.WriteTo(testWriter{t}), zap.UseDevMode(true)),
+			ResolveInterval:    resolveInterval,
+			Images:             operator.RegistryImages{Options: []wasmimage.Option{wasmimage.WithCAPEM(cl.reg.CAPEM)}},
+			Scheme:             env.Scheme,
+			SkipNameValidation: true,
+			Log:                zap.New(zap.WriteTo(testWriter{t}), zap.UseDevMode(true)),
 		})
 	}()
 	t.Cleanup(func() {
@@ -96,6 +101,9 @@ func setup(t *testing.T, istiodImage string) *cluster {
 			t.Errorf("operator: %v", err)
 		}
 	})
+	// Runs first: the operator is still up to finalize this test's FilterDeployments, so none
+	// outlives the test (envtest never finishes deleting a namespace).
+	t.Cleanup(cl.deleteFilterDeployments)
 	return cl
 }
 
@@ -176,6 +184,7 @@ func (cl *cluster) reportNode(name string, digests ...string) {
 	if err := cl.c.Status().Update(cl.ctx, nc); err != nil {
 		cl.t.Fatal(err)
 	}
+	cl.t.Cleanup(func() { _ = env.Client.Delete(context.Background(), nc) })
 }
 
 // eventually polls cond until it holds, failing the test with the last message after a minute.
@@ -349,6 +358,21 @@ func TestSeedWalkthrough(t *testing.T) {
 			t.Errorf("%s keeps wasme's annotations: %v %v", name, d.Spec.Template.Annotations, d.Annotations)
 		}
 	}
+}
+
+func (cl *cluster) deleteFilterDeployments() {
+	var l wasmev1.FilterDeploymentList
+	if err := cl.c.List(cl.ctx, &l); err != nil {
+		cl.t.Error(err)
+		return
+	}
+	for i := range l.Items {
+		_ = cl.c.Delete(cl.ctx, &l.Items[i])
+	}
+	cl.eventually("FilterDeployments to be finalized", func() (bool, string) {
+		err := cl.c.List(cl.ctx, &l)
+		return err == nil && len(l.Items) == 0, fmt.Sprintf("%d left (%v)", len(l.Items), err)
+	})
 }
 
 func (cl *cluster) deployment(ns, name string) *appsv1.Deployment {

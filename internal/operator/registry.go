@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 
-	"wasme.io/wasme/pkg/wasmimage"
 	"wasme.io/wasme/internal/wasmhost"
+	"wasme.io/wasme/pkg/wasmimage"
 )
 
 // RegistryImages is the ImageSource of a running operator: pkg/wasmimage against real
