@@ -23,8 +23,9 @@ pkg_of() {
     controller-gen) echo sigs.k8s.io/controller-tools/cmd/controller-gen ;;
     istiod) echo istio.io/istio/pilot/cmd/pilot-discovery ;;
     oras) echo oras.land/oras/cmd/oras ;;
+    crane) echo github.com/google/go-containerregistry/cmd/crane ;;
     kustomize) echo sigs.k8s.io/kustomize/kustomize/v5 ;;
-    *) echo "build.sh: unknown tool $1 (known: etcd kube-apiserver controller-gen kustomize istiod oras)" >&2; return 1 ;;
+    *) echo "build.sh: unknown tool $1 (known: etcd kube-apiserver controller-gen kustomize istiod oras crane)" >&2; return 1 ;;
   esac
 }
 
