@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 
@@ -79,6 +80,10 @@ type FilterDeploymentReconciler struct {
 	ResolveInterval time.Duration
 
 	images *imageCache
+
+	// watchEnvoyFilters starts the EnvoyFilter watch; envoyFiltersWatched says it ran.
+	watchEnvoyFilters   func() error
+	envoyFiltersWatched bool
 }
 
 // pass carries what one reconcile pass learned, for the deferred status summary.
@@ -102,16 +107,26 @@ func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	r.images = newImageCache(64)
 	inNamespace := handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsInNamespace)
-	return ctrl.NewControllerManagedBy(mgr).
+	c, err := ctrl.NewControllerManagedBy(mgr).
 		For(&wasmev1.FilterDeployment{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, deletionPredicate{}))).
-		Owns(&networkingv1alpha3.EnvoyFilter{}).
 		Watches(&appsv1.Deployment{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&appsv1.DaemonSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&appsv1.StatefulSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&wasmev1.NodeCache{}, handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsWaitingForCache)).
 		Named("filterdeployment").
-		Complete(r)
+		Build(r)
+	if err != nil {
+		return err
+	}
+	// EnvoyFilters are watched once Istio's API exists: an operator started before Istio must
+	// report that in status, not fail to start (see reconcileIstio).
+	r.watchEnvoyFilters = func() error {
+		return c.Watch(source.Kind(mgr.GetCache(), &networkingv1alpha3.EnvoyFilter{},
+			handler.TypedEnqueueRequestForOwner[*networkingv1alpha3.EnvoyFilter](mgr.GetScheme(), mgr.GetRESTMapper(),
+				&wasmev1.FilterDeployment{}, handler.OnlyControllerOwner())))
+	}
+	return nil
 }
 
 // Reconcile brings one FilterDeployment's workloads and EnvoyFilters to its spec.

@@ -27,10 +27,17 @@ func (r *FilterDeploymentReconciler) reconcileIstio(ctx context.Context, fd *was
 	if _, err := r.RESTMapper().RESTMapping(envoyFilterKind); err != nil {
 		if apimeta.IsNoMatchError(err) {
 			p.stop(wasmev1.IstioNotFoundReason, fmt.Errorf("the EnvoyFilter API (networking.istio.io) is not installed: install Istio"))
-			p.requeueAfter = 30 * time.Second
+			p.requeueAfter = 10 * time.Second
 			return nil
 		}
 		return fmt.Errorf("looking up the EnvoyFilter API: %w", err)
+	}
+	if !r.envoyFiltersWatched && r.watchEnvoyFilters != nil {
+		// Reconciles run one at a time, so this needs no lock.
+		if err := r.watchEnvoyFilters(); err != nil {
+			return fmt.Errorf("watching EnvoyFilters: %w", err)
+		}
+		r.envoyFiltersWatched = true
 	}
 	spec := fd.Spec.Deployment.Istio
 	if spec.IstioVersion != "" {

@@ -69,9 +69,18 @@ func IstioCRDs() (string, error) {
 	return filepath.Join(dir, "manifests", "charts", "base", "files", "crd-all.gen.yaml"), nil
 }
 
+// Options change what Start installs.
+type Options struct {
+	// WithoutIstio leaves the Istio CRDs out, for tests of a cluster without Istio.
+	WithoutIstio bool
+}
+
 // Start starts etcd and kube-apiserver from KUBEBUILDER_ASSETS, installs the Istio CRDs and
 // applies deploy/crds.yaml.
-func Start() (*Env, error) {
+func Start() (*Env, error) { return StartWith(Options{}) }
+
+// StartWith is Start with options.
+func StartWith(o Options) (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		return nil, errors.New("KUBEBUILDER_ASSETS is not set: run the tests with `make test`, " +
 			"or export KUBEBUILDER_ASSETS=$(hack/tools/build.sh --assets)")
@@ -84,10 +93,14 @@ func Start() (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
+	var crdPaths []string
+	if !o.WithoutIstio {
+		crdPaths = []string{istioCRDs}
+	}
 	env := &envtest.Environment{
 		Scheme: scheme,
 		CRDInstallOptions: envtest.CRDInstallOptions{
-			Paths:              []string{istioCRDs},
+			Paths:              crdPaths,
 			ErrorIfPathMissing: true,
 		},
 		ControlPlaneStartTimeout: 2 * time.Minute,
@@ -119,12 +132,25 @@ func Start() (*Env, error) {
 	return e, nil
 }
 
+// InstallIstioCRDs installs the Istio CRDs into an Env started without them.
+func (e *Env) InstallIstioCRDs() error {
+	path, err := IstioCRDs()
+	if err != nil {
+		return err
+	}
+	_, err = envtest.InstallCRDs(e.Config, envtest.CRDInstallOptions{Paths: []string{path}, ErrorIfPathMissing: true})
+	return err
+}
+
 // Stop stops the API server and etcd.
 func (e *Env) Stop() error { return e.env.Stop() }
 
 // Main is a TestMain body: it starts an Env, runs the tests and stops it.
-func Main(m *testing.M, env **Env) int {
-	e, err := Start()
+func Main(m *testing.M, env **Env) int { return MainWith(m, env, Options{}) }
+
+// MainWith is Main with options.
+func MainWith(m *testing.M, env **Env, o Options) int {
+	e, err := StartWith(o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testenv:", err)
 		return 1
