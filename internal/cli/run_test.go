@@ -12,8 +12,10 @@ import (
 	"strings"
 	"testing"
 
+	"wasme.io/wasme/internal/registrytest"
 	"wasme.io/wasme/internal/wasmhost"
 	"wasme.io/wasme/internal/wasmhost/wasmtest"
+	"wasme.io/wasme/pkg/wasmimage"
 )
 
 func customHeaderFile(tb testing.TB) string {
@@ -124,6 +126,31 @@ func TestRunCustomHeader(t *testing.T) {
 	}
 }
 
+// TestRunImage pulls the filter from a real registry; the image's root id is the default.
+func TestRunImage(t *testing.T) {
+	reg := registrytest.Start(t, registrytest.Options{})
+	ref := reg.Host + "/filters/custom-header:v0.1"
+	_, err := wasmimage.Push(context.Background(), ref, wasmtest.Example(t, "custom-header"),
+		wasmimage.RuntimeConfig{RootIDs: []string{"add_header"}}, wasmimage.WithPlainHTTP(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := upstream(t)
+	addr, stop := startRun(t, ref, "--upstream", up.URL, "--listen", "127.0.0.1:0", "--plain-http",
+		"--config", `{"name":"x-from-image","value":"1"}`)
+	resp, err := http.Get("http://" + addr + "/details/123")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Header.Get("X-From-Image") != "1" {
+		t.Errorf("headers %v", resp.Header)
+	}
+	if _, err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestRunRejects(t *testing.T) {
 	file := customHeaderFile(t)
 	up := upstream(t)
@@ -137,6 +164,7 @@ func TestRunRejects(t *testing.T) {
 		{"not a url", []string{file, "--upstream", "localhost"}, "want an http:// or https:// URL"},
 		{"missing file", []string{filepath.Join(t.TempDir(), "x.wasm"), "--upstream", up.URL}, "no such file"},
 		{"bad log level", []string{file, "--upstream", up.URL, "--log-level", "loud"}, "--log-level"},
+		{"neither file nor image", []string{"no such thing", "--upstream", up.URL}, "is not a file, and pulling it as an image failed"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

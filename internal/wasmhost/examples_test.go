@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -87,5 +89,41 @@ func TestExampleTickCounter(t *testing.T) {
 	rec := do(t, h)
 	if rec.Header().Get("X-Request-Count") != "4" || rec.Header().Get("X-Published-Count") != "3" {
 		t.Fatalf("headers %v", rec.Header())
+	}
+}
+
+// TestConcurrentStreams runs many clients through a pool of two instances while the timer
+// ticks: every request is counted exactly once in the VM-wide shared counter.
+func TestConcurrentStreams(t *testing.T) {
+	p, _ := newPlugin(t, PluginConfig{Module: wasmtest.Example(t, "tick-counter"), RootID: "tick_counter",
+		Configuration: []byte(`{"tick_ms":1}`), PoolSize: 2})
+	h := p.Wrap(upstreamHandler())
+	const clients, each = 8, 25
+	counts := make(chan string, clients*each)
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for range each {
+				rec := httptestDo(h, "/")
+				if rec.Code != 200 {
+					t.Errorf("status %d", rec.Code)
+				}
+				counts <- rec.Header().Get("X-Request-Count")
+			}
+		})
+	}
+	wg.Wait()
+	close(counts)
+	seen := map[string]bool{}
+	for c := range counts {
+		if seen[c] {
+			t.Errorf("count %s handed out twice", c)
+		}
+		seen[c] = true
+	}
+	for i := 1; i <= clients*each; i++ {
+		if !seen[strconv.Itoa(i)] {
+			t.Errorf("count %d missing", i)
+		}
 	}
 }
