@@ -218,3 +218,42 @@ func TestInitTemplateMatchesExample(t *testing.T) {
 		}
 	}
 }
+
+// TestCredentialSources: docker's config.json (via DOCKER_CONFIG) is used when no flags and no
+// wasme credentials are given, and wasme login keeps the other servers of its file.
+func TestCredentialSources(t *testing.T) {
+	home := isolate(t)
+	reg := registrytest.Start(t, registrytest.Options{Users: map[string]string{"dev": "pa55"}})
+	tiny := filepath.Join(t.TempDir(), "tiny.wasm")
+	if err := os.WriteFile(tiny, registrytest.TinyModule("proxy_abi_version_0_2_1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Host + "/creds/f:v1"
+	mustRun(t, "build", "precompiled", tiny, "-t", ref)
+
+	dockerCfg := filepath.Join(home, ".docker", "config.json")
+	_ = os.MkdirAll(filepath.Dir(dockerCfg), 0o700)
+	if err := os.WriteFile(dockerCfg, []byte(`{"auths":{"`+reg.Host+`":{"auth":"ZGV2OnBhNTU="}}}`), 0o600); err != nil { // dev:pa55
+		t.Fatal(err)
+	}
+	mustRun(t, "push", ref, "--plain-http")
+	mustRun(t, "pull", ref, "--plain-http")
+	if err := os.Remove(dockerCfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, errOut, code := wasme(t, "", "pull", ref, "--plain-http"); code == 0 || !strings.Contains(errOut, "requires credentials") {
+		t.Fatalf("pull without any credentials: exit %d %s", code, errOut)
+	}
+
+	creds := filepath.Join(home, ".wasme", "credentials.json")
+	_ = os.MkdirAll(filepath.Dir(creds), 0o700)
+	if err := os.WriteFile(creds, []byte(`{"auths":{"registry.example.com":{"auth":"YTpi"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "login", reg.Host, "-u", "dev", "-p", "pa55", "--plain-http")
+	b, err := os.ReadFile(creds)
+	if err != nil || !strings.Contains(string(b), "registry.example.com") || !strings.Contains(string(b), reg.Host) {
+		t.Errorf("credentials file after login: %s %v", b, err)
+	}
+	mustRun(t, "pull", ref, "--plain-http")
+}
