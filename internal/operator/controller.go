@@ -12,9 +12,11 @@ import (
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/events"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -115,6 +117,10 @@ func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&appsv1.StatefulSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&wasmev1.NodeCache{}, handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsWaitingForCache)).
 		Named("filterdeployment").
+		// Failures back off from a quarter second to two minutes at most (not the default 16
+		// minutes), so a registry or API outage heals soon after it ends.
+		WithOptions(controller.Options{RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](
+			250*time.Millisecond, 2*time.Minute)}).
 		Build(r)
 	if err != nil {
 		return err

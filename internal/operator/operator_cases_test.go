@@ -2,6 +2,8 @@ package operator_test
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/operator"
 	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/pkg/wasmimage"
 )
 
 const currentIstiod = "registry.example.com/istio/pilot:1.24.2"
@@ -287,7 +290,7 @@ func TestNothingSelected(t *testing.T) {
 
 // A tag pushed again with a new module rolls out without touching the FilterDeployment.
 func TestRepushedTagRollsOut(t *testing.T) {
-	cl := setupWith(t, currentIstiod, time.Second)
+	cl := setupWith(t, setupOptions{istiod: currentIstiod, resolveInterval: time.Second})
 	ref := cl.push("filters/custom-header:v1", customHeader(t))
 	ns := env.Namespace(t)
 	cl.apply(deployment(ns, "app", map[string]string{"app": "app"}, nil))
@@ -305,5 +308,79 @@ func TestRepushedTagRollsOut(t *testing.T) {
 	ef := cl.envoyFilters(ns)["app-f."+ns]
 	if ef == nil || !strings.Contains(specJSON(t, ef), strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:")) {
 		t.Errorf("EnvoyFilter does not load the new module %s", fd.Status.ModuleDigest)
+	}
+}
+
+// A registry that fails (503) leaves the FilterDeployment waiting with the reason; once it
+// answers again the rollout completes by itself.
+func TestRegistryDownRecovers(t *testing.T) {
+	cl := setup(t, currentIstiod)
+	plain := registrytest.Start(t, registrytest.Options{})
+	proxy := registrytest.NewProxy(t, plain)
+	if _, err := wasmimage.Push(cl.ctx, plain.Host+"/filters/custom-header:v1", customHeader(t),
+		wasmimage.RuntimeConfig{RootIDs: []string{"add_header"}}, wasmimage.WithPlainHTTP(true)); err != nil {
+		t.Fatal(err)
+	}
+	proxy.SetFault(func(w http.ResponseWriter, _ *http.Request) bool {
+		http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		return true
+	})
+	ns := env.Namespace(t)
+	cl.apply(deployment(ns, "app", map[string]string{"app": "app"}, nil))
+	fd := newFD(ns, "f", proxy.Host+"/filters/custom-header:v1", func(fd *wasmev1.FilterDeployment) {
+		fd.Spec.Filter.ImagePullOptions = &wasmev1.ImagePullOptions{PlainHTTP: true}
+	})
+	cl.apply(fd)
+	cl.eventually("ImageFailed", func() (bool, string) {
+		got := cl.fd(ns, "f")
+		c := apimeta.FindStatusCondition(got.Status.Conditions, wasmev1.ReadyCondition)
+		return c != nil && c.Reason == wasmev1.ImageFailedReason && apimeta.IsStatusConditionTrue(got.Status.Conditions, wasmev1.ReconcilingCondition),
+			fmt.Sprintf("%+v", got.Status)
+	})
+	if efs := cl.envoyFilters(ns); len(efs) != 0 {
+		t.Errorf("EnvoyFilters while the registry is down: %v", keys(efs))
+	}
+	proxy.SetFault(nil)
+	cl.waitReady(fd)
+}
+
+// The operator killed at random points of a rollout, 20 times, then left to run: one
+// EnvoyFilter per workload, none orphaned, one pod-template change per workload.
+func TestRestartsConverge(t *testing.T) {
+	cl := setupWith(t, setupOptions{istiod: currentIstiod, noOperator: true})
+	ref := cl.push("filters/custom-header:v1", customHeader(t))
+	ns := env.Namespace(t)
+	for i := range 3 {
+		cl.apply(deployment(ns, fmt.Sprintf("app-%d", i), map[string]string{"app": fmt.Sprint(i)}, nil))
+	}
+	cl.apply(newFD(ns, "f", ref))
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 20 {
+		stop := cl.startOperator(cl.ctx, time.Hour, registryOptions(cl.reg)...)
+		time.Sleep(time.Duration(rng.IntN(1000)) * time.Millisecond)
+		stop()
+		if d := cl.fd(ns, "f").Status.ModuleDigest; d != "" {
+			cl.reportNode("node-1", d)
+		}
+	}
+	t.Cleanup(cl.startOperator(cl.ctx, time.Hour, registryOptions(cl.reg)...))
+	t.Cleanup(cl.deleteFilterDeployments)
+	fd := cl.waitReady(cl.fd(ns, "f"))
+	if fd.Status.WorkloadsReady != "3/3" {
+		t.Errorf("workloads %s", fd.Status.WorkloadsReady)
+	}
+	efs := cl.envoyFilters(ns)
+	if len(efs) != 3 {
+		t.Errorf("EnvoyFilters = %v", keys(efs))
+	}
+	for _, ef := range efs {
+		if !metav1.IsControlledBy(ef, fd) {
+			t.Errorf("%s is not controlled by the FilterDeployment", ef.Name)
+		}
+	}
+	for i := range 3 {
+		if g := cl.deployment(ns, fmt.Sprintf("app-%d", i)).Generation; g != 2 {
+			t.Errorf("app-%d: generation %d, want 2 (one rollout)", i, g)
+		}
 	}
 }

@@ -64,10 +64,20 @@ type cluster struct {
 	reg *registrytest.Registry
 }
 
-func setup(t *testing.T, istiodImage string) *cluster { return setupWith(t, istiodImage, time.Hour) }
+func setup(t *testing.T, istiodImage string) *cluster {
+	return setupWith(t, setupOptions{istiod: istiodImage, resolveInterval: time.Hour})
+}
 
-// setupWith starts the world with a given tag re-resolution interval.
-func setupWith(t *testing.T, istiodImage string, resolveInterval time.Duration) *cluster {
+type setupOptions struct {
+	istiod          string
+	resolveInterval time.Duration
+	// noOperator leaves starting operators to the test.
+	noOperator bool
+}
+
+// setupWith starts the world with options.
+func setupWith(t *testing.T, o setupOptions) *cluster {
+	istiodImage := o.istiod
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -83,28 +93,44 @@ func setupWith(t *testing.T, istiodImage string, resolveInterval time.Duration) 
 		cl.apply(d)
 		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), d) })
 	}
+	if !o.noOperator {
+		t.Cleanup(cl.startOperator(ctx, o.resolveInterval, registryOptions(cl.reg)...))
+		// Runs first: the operator is still up to finalize this test's FilterDeployments, so
+		// none outlives the test (envtest never finishes deleting a namespace).
+		t.Cleanup(cl.deleteFilterDeployments)
+	}
+	return cl
+}
+
+// registryOptions reach the test registry: its CA when it serves TLS.
+func registryOptions(reg *registrytest.Registry) []wasmimage.Option {
+	if reg.TLS {
+		return []wasmimage.Option{wasmimage.WithCAPEM(reg.CAPEM)}
+	}
+	return nil
+}
+
+// startOperator runs an operator as its ServiceAccount until ctx ends or stop is called.
+func (cl *cluster) startOperator(ctx context.Context, resolveInterval time.Duration, imgOpts ...wasmimage.Option) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
 	cfg := cl.serviceAccountConfig("wasme", "wasme-operator")
 	done := make(chan error, 1)
 	go func() {
 		done <- operator.Run(ctx, cfg, operator.Options{
 			MetricsAddr: "0", ProbeAddr: "0", ModuleAddr: "127.0.0.1:0",
 			ResolveInterval:    resolveInterval,
-			Images:             operator.RegistryImages{Options: []wasmimage.Option{wasmimage.WithCAPEM(cl.reg.CAPEM)}},
+			Images:             operator.RegistryImages{Options: imgOpts},
 			Scheme:             env.Scheme,
 			SkipNameValidation: true,
-			Log:                zap.New(zap.WriteTo(testWriter{t}), zap.UseDevMode(true)),
+			Log:                zap.New(zap.WriteTo(testWriter{cl.t}), zap.UseDevMode(true)),
 		})
 	}()
-	t.Cleanup(func() {
+	return func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("operator: %v", err)
+			cl.t.Errorf("operator: %v", err)
 		}
-	})
-	// Runs first: the operator is still up to finalize this test's FilterDeployments, so none
-	// outlives the test (envtest never finishes deleting a namespace).
-	t.Cleanup(cl.deleteFilterDeployments)
-	return cl
+	}
 }
 
 type testWriter struct{ t *testing.T }
