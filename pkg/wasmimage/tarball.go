@@ -126,7 +126,7 @@ func compatLayer(module, runtimeConfig []byte) (gz []byte, diffID []byte, err er
 		return nil, nil, err
 	}
 	var gzBuf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&gzBuf, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(&gzBuf, gzip.DefaultCompression)
 	if err != nil {
 		return nil, nil, err
 	}
