@@ -33,6 +33,8 @@ func NewRootCmd(s streams) *cobra.Command {
 	root.AddCommand(newVersionCmd(s))
 	root.AddCommand(newBuildCmd(s), newPushCmd(s), newPullCmd(s), newTagCmd(s), newListCmd(s), newLoginCmd(s), newInitCmd(s))
 	root.AddCommand(newOperatorCmd(s))
+	root.AddCommand(newDeployCmd(s))
+	root.AddCommand(newUndeployCmd(s))
 	root.AddCommand(newRunCmd(s))
 	return root
 }
@@ -47,10 +49,7 @@ func Execute() int {
 
 // executeArgs runs one command line and returns its exit code; tests call it as a user would.
 func executeArgs(ctx context.Context, s streams, in io.Reader, args []string) int {
-	root := NewRootCmd(s)
-	root.SetIn(in)
-	root.SetArgs(args)
-	if err := root.ExecuteContext(ctx); err != nil {
+	if err := run(ctx, s, in, args); err != nil {
 		fmt.Fprintln(s.errOut, "Error:", err)
 		if errors.Is(err, context.Canceled) {
 			return 130
@@ -58,4 +57,19 @@ func executeArgs(ctx context.Context, s streams, in io.Reader, args []string) in
 		return 1
 	}
 	return 0
+}
+
+// Run runs one command line with the given output streams and returns its error; for tests
+// outside this package and for embedding.
+func Run(ctx context.Context, args []string, out, errOut io.Writer) error {
+	return run(ctx, streams{out: out, errOut: errOut}, nil, args)
+}
+
+func run(ctx context.Context, s streams, in io.Reader, args []string) error {
+	root := NewRootCmd(s)
+	if in != nil {
+		root.SetIn(in)
+	}
+	root.SetArgs(args)
+	return root.ExecuteContext(ctx)
 }

@@ -1,0 +1,319 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/spf13/cobra"
+
+	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/kube"
+)
+
+// deploy and undeploy drive the operator's engine through a FilterDeployment named after the
+// filter id, so an imperative deploy gets the same validation, status, cleanup and ownership
+// as a declarative one, and `kubectl get fd` shows it.
+
+// cliFieldManager owns the FilterDeployments the CLI applies.
+const cliFieldManager = "wasme-cli"
+
+type deployOptions struct {
+	kubeconfig     string
+	namespace      string
+	id             string
+	labels         map[string]string
+	workloadType   string
+	patchContext   string
+	istioNamespace string
+	config         string
+	rootID         string
+	pullSecret     string
+	plainHTTP      bool
+	dryRun         bool
+	wait           time.Duration
+}
+
+func (o *deployOptions) selectionFlags(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; default $KUBECONFIG or ~/.kube/config")
+	f.StringVarP(&o.namespace, "namespace", "n", "default", "namespace of the workloads (and of the FilterDeployment)")
+	f.StringVar(&o.id, "id", "", "filter id: names the FilterDeployment, the Envoy plugin and the EnvoyFilters (required)")
+	f.BoolVar(&o.dryRun, "dry-run", false, "print the FilterDeployment, checked by the API server, and change nothing")
+	f.DurationVar(&o.wait, "wait", 2*time.Minute, "how long to wait for the operator (0: do not wait)")
+}
+
+func newDeployCmd(s streams) *cobra.Command {
+	cmd := &cobra.Command{Use: "deploy", Short: "Deploy a filter to a mesh"}
+	cmd.AddCommand(newDeployIstioCmd(s))
+	return cmd
+}
+
+func newUndeployCmd(s streams) *cobra.Command {
+	cmd := &cobra.Command{Use: "undeploy", Short: "Remove a deployed filter from a mesh"}
+	cmd.AddCommand(newUndeployIstioCmd(s))
+	return cmd
+}
+
+func newDeployIstioCmd(s streams) *cobra.Command {
+	o := &deployOptions{}
+	cmd := &cobra.Command{
+		Use:   "istio IMAGE --id ID",
+		Short: "Deploy a filter image to the Istio sidecars of selected workloads",
+		Long: `Deploy a filter image to the Istio sidecars of the selected workloads. The command applies a
+FilterDeployment named after --id, which the wasme operator (deploy/wasme.yaml) carries out,
+and waits until it is Ready: the module is on every node, the workloads are patched and each
+has its EnvoyFilter.`,
+		Example: `  wasme deploy istio registry.example.com/filters/custom-header:v0.1 --id custom-header -n bookinfo
+  wasme deploy istio registry.example.com/filters/custom-header:v0.1 --id hdr -n bookinfo \
+    -l app=details --config '{"name":"x-a","value":"b"}' --patch-context outbound
+  wasme deploy istio registry.example.com/filters/custom-header:v0.1 --id hdr --dry-run`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fd, err := o.filterDeployment(args[0])
+			if err != nil {
+				return err
+			}
+			c, err := kubeClient(o.kubeconfig)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			opts := []client.PatchOption{client.FieldOwner(cliFieldManager), client.ForceOwnership}
+			if o.dryRun {
+				opts = append(opts, client.DryRunAll)
+			}
+			if err := applyFD(ctx, c, fd, opts...); err != nil {
+				return err
+			}
+			if o.dryRun {
+				return printYAML(s.out, fd)
+			}
+			fmt.Fprintf(s.out, "filterdeployment %s/%s applied\n", fd.Namespace, fd.Name)
+			if o.wait == 0 {
+				return nil
+			}
+			return waitReady(ctx, c, fd, o.wait, s.out)
+		},
+	}
+	o.selectionFlags(cmd)
+	f := cmd.Flags()
+	f.StringToStringVarP(&o.labels, "labels", "l", nil, "select workloads with these labels (k=v,...); default: all of the kind")
+	f.StringVarP(&o.workloadType, "workload-type", "t", "deployment", "deployment, daemonset or statefulset")
+	f.StringVar(&o.patchContext, "patch-context", "inbound", "inbound, outbound, gateway or any")
+	f.StringVar(&o.istioNamespace, "istio-namespace", "istio-system", "namespace of istiod")
+	f.StringVar(&o.config, "config", "", "configuration passed to the filter (a string)")
+	f.StringVar(&o.rootID, "root-id", "", "root id; default: the image's first")
+	f.StringVar(&o.pullSecret, "pull-secret", "", "Secret in the namespace with registry credentials")
+	f.BoolVar(&o.plainHTTP, "plain-http", false, "pull over plain HTTP")
+	return cmd
+}
+
+func newUndeployIstioCmd(s streams) *cobra.Command {
+	o := &deployOptions{}
+	cmd := &cobra.Command{
+		Use:     "istio --id ID",
+		Short:   "Remove a filter deployed with `wasme deploy istio`",
+		Long:    "Delete the FilterDeployment named after --id; the operator removes its EnvoyFilters and restores the workloads.",
+		Example: "  wasme undeploy istio --id custom-header -n bookinfo",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkID(o.id); err != nil {
+				return err
+			}
+			c, err := kubeClient(o.kubeconfig)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			fd := &wasmev1.FilterDeployment{ObjectMeta: metav1.ObjectMeta{Namespace: o.namespace, Name: o.id}}
+			var opts []client.DeleteOption
+			if o.dryRun {
+				opts = append(opts, client.DryRunAll)
+			}
+			if err := c.Delete(ctx, fd, opts...); err != nil {
+				if apierrors.IsNotFound(err) {
+					return fmt.Errorf("no filter %q deployed in namespace %s", o.id, o.namespace)
+				}
+				return fmt.Errorf("deleting filterdeployment %s/%s: %w", o.namespace, o.id, err)
+			}
+			if o.dryRun {
+				fmt.Fprintf(s.out, "filterdeployment %s/%s would be deleted (dry run)\n", o.namespace, o.id)
+				return nil
+			}
+			fmt.Fprintf(s.out, "filterdeployment %s/%s deleted\n", o.namespace, o.id)
+			if o.wait == 0 {
+				return nil
+			}
+			ctx, cancel := context.WithTimeout(ctx, o.wait)
+			defer cancel()
+			for {
+				err := c.Get(ctx, client.ObjectKeyFromObject(fd), fd)
+				if apierrors.IsNotFound(err) {
+					fmt.Fprintf(s.out, "filterdeployment %s/%s removed, workloads restored\n", o.namespace, o.id)
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("the operator did not finish removing %s/%s within %s: is wasme-operator running?", o.namespace, o.id, o.wait)
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		},
+	}
+	o.selectionFlags(cmd)
+	return cmd
+}
+
+func checkID(id string) error {
+	if id == "" {
+		return fmt.Errorf("--id is required")
+	}
+	if errs := validation.IsDNS1123Subdomain(id); len(errs) > 0 {
+		return fmt.Errorf("--id %q: %s", id, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// filterDeployment is the object the flags describe; the API server checks the rest.
+func (o *deployOptions) filterDeployment(image string) (*wasmev1.FilterDeployment, error) {
+	if err := checkID(o.id); err != nil {
+		return nil, err
+	}
+	fd := &wasmev1.FilterDeployment{
+		TypeMeta:   metav1.TypeMeta{APIVersion: wasmev1.GroupVersion.String(), Kind: "FilterDeployment"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: o.namespace, Name: o.id},
+		Spec: wasmev1.FilterDeploymentSpec{
+			Filter: wasmev1.FilterSpec{Image: image, ID: o.id, RootID: o.rootID, PatchContext: o.patchContext},
+			Deployment: wasmev1.DeploymentSpec{Istio: wasmev1.IstioDeploymentSpec{
+				Kind: o.workloadType, IstioNamespace: o.istioNamespace,
+			}},
+		},
+	}
+	if _, err := fd.Spec.Deployment.Istio.WorkloadKind(); err != nil {
+		return nil, fmt.Errorf("--workload-type: %w", err)
+	}
+	if _, err := fd.Spec.Filter.EnvoyPatchContext(); err != nil {
+		return nil, fmt.Errorf("--patch-context: %w", err)
+	}
+	if len(o.labels) > 0 {
+		fd.Spec.Deployment.Istio.Labels = map[string]wasmev1.LabelValue{}
+		for k, v := range o.labels {
+			fd.Spec.Deployment.Istio.Labels[k] = wasmev1.LabelValue(v)
+		}
+	}
+	if o.config != "" {
+		raw, _ := json.Marshal(o.config)
+		fd.Spec.Filter.Config = &apiextensionsv1.JSON{Raw: raw}
+	}
+	if o.pullSecret != "" || o.plainHTTP {
+		fd.Spec.Filter.ImagePullOptions = &wasmev1.ImagePullOptions{PullSecret: o.pullSecret, PlainHTTP: o.plainHTTP}
+	}
+	return fd, nil
+}
+
+func kubeClient(kubeconfig string) (client.Client, error) {
+	cfg, err := kube.Config(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	scheme, err := kube.Scheme()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(cfg, client.Options{Scheme: scheme})
+}
+
+// applyFD server-side applies the FilterDeployment and reads back what the server made of it.
+func applyFD(ctx context.Context, c client.Client, fd *wasmev1.FilterDeployment, opts ...client.PatchOption) error {
+	u, err := toApply(fd)
+	if err != nil {
+		return err
+	}
+	if err := c.Patch(ctx, u, client.Apply, opts...); err != nil { //nolint:staticcheck // unstructured apply
+		if apimeta.IsNoMatchError(err) {
+			return fmt.Errorf("the FilterDeployment API is not installed: kubectl apply -f deploy/crds.yaml")
+		}
+		return fmt.Errorf("applying filterdeployment %s/%s: %w", fd.Namespace, fd.Name, err)
+	}
+	b, err := json.Marshal(u.Object)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, fd)
+}
+
+func printYAML(w io.Writer, fd *wasmev1.FilterDeployment) error {
+	fd.ManagedFields = nil
+	b, err := yaml.Marshal(fd)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+// waitReady waits for Ready (or Stalled, which will not change by waiting) and prints the
+// per-workload result.
+func waitReady(ctx context.Context, c client.Client, fd *wasmev1.FilterDeployment, timeout time.Duration, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	last := ""
+	for {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(fd), fd); err != nil {
+			return fmt.Errorf("reading filterdeployment %s/%s: %w", fd.Namespace, fd.Name, err)
+		}
+		ready := apimeta.FindStatusCondition(fd.Status.Conditions, wasmev1.ReadyCondition)
+		current := fd.Status.ObservedGeneration == fd.Generation && ready != nil
+		if current && ready.Message != last {
+			fmt.Fprintf(out, "  %s: %s\n", ready.Reason, ready.Message)
+			last = ready.Message
+		}
+		switch {
+		case current && ready.Status == metav1.ConditionTrue:
+			for name, w := range fd.Status.Workloads {
+				fmt.Fprintf(out, "  %s: %s\n", name, w.State)
+			}
+			return nil
+		case current && apimeta.IsStatusConditionTrue(fd.Status.Conditions, wasmev1.StalledCondition):
+			return fmt.Errorf("filter not deployed: %s", ready.Message)
+		}
+		select {
+		case <-ctx.Done():
+			msg := "no status yet: is wasme-operator running?"
+			if ready != nil {
+				msg = ready.Message
+			}
+			return fmt.Errorf("not ready after %s: %s", timeout, msg)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func toApply(fd *wasmev1.FilterDeployment) (*unstructured.Unstructured, error) {
+	b, err := json.Marshal(fd)
+	if err != nil {
+		return nil, err
+	}
+	u := &unstructured.Unstructured{}
+	if err := json.Unmarshal(b, &u.Object); err != nil {
+		return nil, err
+	}
+	delete(u.Object, "status")
+	if m, ok := u.Object["metadata"].(map[string]any); ok {
+		delete(m, "creationTimestamp")
+	}
+	return u, nil
+}
