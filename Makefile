@@ -67,10 +67,15 @@ build: ## Build bin/wasme.
 	go build -ldflags "$(LDFLAGS)" -o bin/wasme ./cmd/wasme
 
 .PHONY: test
-test: ## Run every test against a real kube-apiserver and etcd.
-	@assets=$$(hack/tools/build.sh --assets) && \
-	  echo ">> KUBEBUILDER_ASSETS=$$assets" && \
-	  KUBEBUILDER_ASSETS=$$assets go test $(GO_TEST_FLAGS) ./...
+test: ## Run every test against a real kube-apiserver and etcd (test/e2e also against a real istiod).
+	@assets=$$(hack/tools/build.sh --assets) && istiod=$$(hack/tools/build.sh istiod) && \
+	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod" && \
+	  KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod go test $(GO_TEST_FLAGS) ./...
+
+.PHONY: demo
+demo: ## The seed walkthrough on a local control plane (etcd, kube-apiserver, istiod, registry, wasme); KEEP=1 keeps it up.
+	@echo ">> compiling hack/demo"
+	go run ./hack/demo $(if $(KEEP),--keep)
 
 .PHONY: clean
 clean: ## Remove build output (the tool cache stays).

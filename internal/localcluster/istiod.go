@@ -1,0 +1,118 @@
+package localcluster
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Istiod is a running pilot-discovery.
+type Istiod struct {
+	// XDSAddr is the plaintext xDS gRPC address (--grpcAddr), what sidecars connect to here.
+	XDSAddr string
+	// HTTPAddr serves /ready and istiod's debug endpoints (/debug/configz, /debug/syncz ...).
+	HTTPAddr string
+	// Version is the Istio version it is built from, e.g. "1.31".
+	Version string
+	// LogFile is where its output goes.
+	LogFile string
+
+	proc *process
+}
+
+// istiodEnv turns off what needs a real cluster around istiod, so it runs as a plain process
+// against our API server:
+//   - ENABLE_CA_SERVER=false, PILOT_CERT_PROVIDER=none: no CA, no DNS certificates (the test
+//     proxy talks plaintext xDS; mTLS between workloads is not part of wasme's contract);
+//   - INJECT_ENABLED=false, VALIDATION_WEBHOOK_CONFIG_NAME="": no webhooks to patch (there is
+//     no kubelet to run injected pods, and the harness writes pods itself);
+//   - POD_NAME/POD_NAMESPACE/REVISION: what the Downward API gives it in a cluster;
+//   - PILOT_ENABLE_GATEWAY_API=false: the Gateway API CRDs are not installed here;
+//   - ISTIOD_CUSTOM_HOST: nothing resolves istiod.istio-system.svc here.
+func istiodEnv(kubeconfig string) []string {
+	return []string{
+		"KUBECONFIG=" + kubeconfig,
+		"ENABLE_CA_SERVER=false",
+		"PILOT_CERT_PROVIDER=none",
+		"INJECT_ENABLED=false",
+		"VALIDATION_WEBHOOK_CONFIG_NAME=",
+		"POD_NAME=istiod-local",
+		"POD_NAMESPACE=istio-system",
+		"REVISION=default",
+		"PILOT_ENABLE_GATEWAY_API=false",
+		"ISTIOD_CUSTOM_HOST=localhost",
+		"CLUSTER_ID=Kubernetes",
+	}
+}
+
+func startIstiod(ctx context.Context, bin, dir, kubeconfig, version string) (*Istiod, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var lastErr error
+	// Ports are picked free and then handed to istiod, which may lose a race for one of them.
+	for attempt := 0; attempt < 3; attempt++ {
+		var addrs [3]string
+		for i := range addrs {
+			a, err := freeAddr()
+			if err != nil {
+				return nil, err
+			}
+			addrs[i] = a
+		}
+		httpAddr, grpcAddr, monAddr := addrs[0], addrs[1], addrs[2]
+		mesh := filepath.Join(dir, "mesh.yaml")
+		// The smallest mesh config: where proxies find istiod, and the root namespace.
+		meshCfg := fmt.Sprintf("rootNamespace: istio-system\ntrustDomain: cluster.local\ndefaultConfig:\n  discoveryAddress: %s\n", grpcAddr)
+		if err := os.WriteFile(mesh, []byte(meshCfg), 0o644); err != nil {
+			return nil, err
+		}
+		args := []string{
+			"discovery",
+			"--kubeconfig", kubeconfig,
+			"--meshConfig", mesh,
+			// No file: istiod then uses empty mesh networks (one network).
+			"--networksConfig", filepath.Join(dir, "mesh-networks.yaml"),
+			"--namespace", "istio-system",
+			"--domain", "cluster.local",
+			"--clusterID", "Kubernetes",
+			"--httpAddr", httpAddr,
+			// Webhooks are served on httpAddr when there is no HTTPS address.
+			"--httpsAddr", "",
+			"--grpcAddr", grpcAddr,
+			// No secure xDS: it needs certificates from the CA we turned off.
+			"--secureGRPCAddr", "",
+			"--monitoringAddr", monAddr,
+			"--ctrlz_address", "127.0.0.1", "--ctrlz_port", "0",
+			"--shutdownDuration", "1s",
+			"--log_output_level", "default:info",
+		}
+		p, err := startProcess("istiod", bin, args, istiodEnv(kubeconfig), dir, filepath.Join(dir, "istiod.log"))
+		if err != nil {
+			return nil, err
+		}
+		lastErr = waitHTTP(ctx, p, &http.Client{Timeout: 2 * time.Second}, "http://"+httpAddr+"/ready", 3*time.Minute)
+		if lastErr == nil {
+			return &Istiod{XDSAddr: grpcAddr, HTTPAddr: httpAddr, Version: version, LogFile: p.logPath, proc: p}, nil
+		}
+		p.stop()
+		if !strings.Contains(lastErr.Error(), "address already in use") {
+			break
+		}
+	}
+	return nil, fmt.Errorf("istiod did not become ready: %w", lastErr)
+}
+
+// Stop stops istiod.
+func (i *Istiod) Stop() {
+	if i != nil {
+		i.proc.stop()
+	}
+}
+
+// LogTail is the end of istiod's log, for failure messages.
+func (i *Istiod) LogTail(lines int) string { return i.proc.logTail(lines) }
