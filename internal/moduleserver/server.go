@@ -39,7 +39,7 @@ const (
 	// DefaultMaxStoreBytes bounds the in-memory store; modules are typically a few MiB.
 	DefaultMaxStoreBytes = 256 << 20
 	// DefaultMaxModuleBytes is the largest module Fetch may return.
-	DefaultMaxModuleBytes = 64 << 20
+	DefaultMaxModuleBytes = 256 << 20
 	// DefaultFetchTimeout bounds one fallback Fetch, which may pull from a slow registry.
 	DefaultFetchTimeout = 2 * time.Minute
 )

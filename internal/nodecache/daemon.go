@@ -35,7 +35,7 @@ import (
 const (
 	DefaultAddr           = ":9979"
 	DefaultGracePeriod    = 10 * time.Minute
-	DefaultMaxModuleBytes = 64 << 20
+	DefaultMaxModuleBytes = 256 << 20
 	DefaultMinRetry       = 250 * time.Millisecond
 	DefaultMaxRetry       = 30 * time.Second
 )
