@@ -33,6 +33,7 @@ func NewRootCmd(s streams) *cobra.Command {
 	root.AddCommand(newVersionCmd(s))
 	root.AddCommand(newBuildCmd(s), newPushCmd(s), newPullCmd(s), newTagCmd(s), newListCmd(s), newLoginCmd(s), newInitCmd(s))
 	root.AddCommand(newOperatorCmd(s))
+	root.AddCommand(newCacheCmd(s))
 	root.AddCommand(newDeployCmd(s))
 	root.AddCommand(newUndeployCmd(s))
 	root.AddCommand(newRunCmd(s))

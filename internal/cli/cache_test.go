@@ -1,0 +1,60 @@
+package cli
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCacheCommandRefusesBadFlags(t *testing.T) {
+	cases := map[string]struct {
+		args []string
+		want string
+	}{
+		"no node name":         {[]string{"--node-name", ""}, "--node-name is required"},
+		"empty directory":      {[]string{"--node-name", "n", "--directory", ""}, "--directory must not be empty"},
+		"port zero":            {[]string{"--node-name", "n", "--port", "0"}, "--port 0"},
+		"port too big":         {[]string{"--node-name", "n", "--port", "70000"}, "--port 70000"},
+		"negative grace":       {[]string{"--node-name", "n", "--grace-period", "-1s"}, "--grace-period"},
+		"bad size":             {[]string{"--node-name", "n", "--max-size", "lots"}, `--max-size "lots"`},
+		"negative size":        {[]string{"--node-name", "n", "--max-size", "-1Gi"}, "must not be negative"},
+		"zero module size":     {[]string{"--node-name", "n", "--max-module-size", "0"}, "--max-module-size must be more than 0"},
+		"operator URL scheme":  {[]string{"--node-name", "n", "--operator-url", "ftp://operator"}, "--operator-url"},
+		"operator URL query":   {[]string{"--node-name", "n", "--operator-url", "http://operator:9980/?x=1"}, "query"},
+		"invalid node name":    {[]string{"--node-name", "Node_A", "--kubeconfig", writeKubeconfig(t)}, "not a valid object name"},
+		"log level":            {[]string{"--node-name", "n", "--log-level", "loud"}, "--log-level"},
+		"missing kubeconfig":   {[]string{"--node-name", "n", "--kubeconfig", filepath.Join(t.TempDir(), "nope")}, "reading kubeconfig"},
+		"positional arguments": {[]string{"--node-name", "n", "registry.example.com/filters/x:v1"}, "unknown command"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			root := NewRootCmd(streams{out: &out, errOut: &errOut})
+			root.SetArgs(append([]string{"cache"}, tc.args...))
+			err := root.Execute()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// writeKubeconfig writes a syntactically valid kubeconfig; the commands under test fail
+// before they would connect to it.
+func writeKubeconfig(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	const cfg = `apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
