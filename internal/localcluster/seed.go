@@ -47,6 +47,10 @@ type SeedResult struct {
 	// ApplyToHeader is the time from applying the FilterDeployment to the first response
 	// through the sidecar carrying the header.
 	ApplyToHeader time.Duration
+	// ApplyToPush is the part until the sidecar received the listener push with the filter
+	// (operator: resolve, pull, validate, node caches, EnvoyFilters; then istiod's debounce and
+	// push); the rest is the sidecar starting the filter and the request.
+	ApplyToPush time.Duration
 }
 
 // SeedWalkthrough does the seed article's walkthrough on a cluster where DeployBookinfo and
@@ -118,6 +122,9 @@ func (c *Cluster) SeedWalkthrough(ctx context.Context, out io.Writer) (*SeedResu
 		return nil, err
 	}
 	res := &SeedResult{Sidecar: sidecar, ApplyToHeader: time.Since(start)}
+	if ups := sidecar.Updates(); len(ups) > 0 {
+		res.ApplyToPush = ups[len(ups)-1].Received.Sub(start)
+	}
 	if !strings.Contains(after, "\nhello: world!\n") {
 		return nil, fmt.Errorf("the filter is in the sidecar's chain but the response has no hello header:\n%s", after)
 	}
@@ -162,7 +169,8 @@ func (c *Cluster) SeedWalkthrough(ctx context.Context, out io.Writer) (*SeedResu
 	p("%s", b)
 
 	p("\n$ curl -I http://details.bookinfo:9080/details/123   # from the productpage sidecar\n%s", after)
-	p("\n# FilterDeployment applied -> hello header through the sidecar: %s\n", res.ApplyToHeader.Round(10*time.Millisecond))
+	p("\n# FilterDeployment applied -> hello header through the sidecar: %s (listener push received after %s)\n",
+		res.ApplyToHeader.Round(10*time.Millisecond), res.ApplyToPush.Round(10*time.Millisecond))
 	ok = true
 	return res, nil
 }
@@ -231,7 +239,7 @@ func (c *Cluster) printWasme(ctx context.Context, out io.Writer) error {
 		}
 	}
 	tw := tabwriter.NewWriter(out, 0, 8, 3, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tREADY\tSTATUS\tAGE")
+	fmt.Fprintln(tw, "NAME\tREADY\tSTATUS\tRESTARTS\tAGE")
 	for _, p := range pods.Items {
 		ready := 0
 		for _, s := range p.Status.ContainerStatuses {
@@ -239,14 +247,24 @@ func (c *Cluster) printWasme(ctx context.Context, out io.Writer) error {
 				ready++
 			}
 		}
-		fmt.Fprintf(tw, "pod/%s\t%d/%d\t%s\t%s\n", p.Name, ready, len(p.Spec.Containers), p.Status.Phase, age(p.CreationTimestamp))
+		fmt.Fprintf(tw, "pod/%s\t%d/%d\t%s\t0\t%s\n", p.Name, ready, len(p.Spec.Containers), p.Status.Phase, age(p.CreationTimestamp))
 	}
-	fmt.Fprintln(tw, "\t\t\t")
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	n := len(c.Nodes)
+	fmt.Fprintln(out)
+	fmt.Fprintln(tw, "NAME\tDESIRED\tCURRENT\tREADY\tUP-TO-DATE\tAVAILABLE\tNODE SELECTOR\tAGE")
 	for _, ds := range dss.Items {
-		fmt.Fprintf(tw, "daemonset.apps/%s\t%d/%d\t\t%s\n", ds.Name, len(c.Nodes), len(c.Nodes), age(ds.CreationTimestamp))
+		fmt.Fprintf(tw, "daemonset.apps/%s\t%d\t%d\t%d\t%d\t%d\t<none>\t%s\n", ds.Name, n, n, n, n, n, age(ds.CreationTimestamp))
 	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(tw, "NAME\tREADY\tUP-TO-DATE\tAVAILABLE\tAGE")
 	for _, d := range deps.Items {
-		fmt.Fprintf(tw, "deployment.apps/%s\t1/1\t\t%s\n", d.Name, age(d.CreationTimestamp))
+		fmt.Fprintf(tw, "deployment.apps/%s\t1/1\t1\t1\t%s\n", d.Name, age(d.CreationTimestamp))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

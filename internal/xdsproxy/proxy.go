@@ -123,6 +123,9 @@ type Update struct {
 	Chain *Chain
 	// Err is why the update was refused (NACKed); the previous chain keeps serving.
 	Err error
+	// Received is when the response arrived; Applied when its chain started serving (the
+	// difference is mostly compiling the modules). Applied is zero for a refused update.
+	Received, Applied time.Time
 }
 
 // Proxy is a running test sidecar.
@@ -315,6 +318,7 @@ func (p *Proxy) stream(ctx context.Context, node *corev3.Node) error {
 
 // apply builds the chain from a listener response and swaps it in, or records why not.
 func (p *Proxy) apply(ctx context.Context, resp *discoveryv3.DiscoveryResponse) error {
+	received := time.Now()
 	var listeners []*listenerv3.Listener
 	var err error
 	for _, r := range resp.GetResources() {
@@ -333,7 +337,7 @@ func (p *Proxy) apply(ctx context.Context, resp *discoveryv3.DiscoveryResponse) 
 	if err == nil {
 		plugins, err = p.startPlugins(ctx, chain)
 	}
-	u := Update{Version: resp.GetVersionInfo(), Chain: chain, Err: err}
+	u := Update{Version: resp.GetVersionInfo(), Chain: chain, Err: err, Received: received}
 	if err != nil {
 		u.Chain = nil
 		p.log.Error("refusing listener update", "version", u.Version, "err", err)
@@ -347,6 +351,7 @@ func (p *Proxy) apply(ctx context.Context, resp *discoveryv3.DiscoveryResponse) 
 		old = p.plugins
 		p.plugins, p.current, p.version = plugins, chain, resp.GetVersionInfo()
 		p.handler = wasmhost.Chain(plugins...)(p.opts.Upstream)
+		u.Applied = time.Now()
 	}
 	p.updates = append(p.updates, u)
 	close(p.changed)
