@@ -30,7 +30,12 @@ import (
 
 var env *testenv.Env
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChild())
+	}
+	os.Exit(testenv.Main(m, &env))
+}
 
 // wasmModule makes distinct module bytes that start with the Wasm magic number.
 func wasmModule(name string) []byte {
