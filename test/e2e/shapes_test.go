@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 
@@ -107,4 +108,72 @@ func envoyFilter(t *testing.T, name, id string, shape istio.Shape, sum, config s
 		t.Fatal(err)
 	}
 	return ef
+}
+
+// TestSidecarRefusesMissingModule: an EnvoyFilter naming a module the node does not hold (what
+// the operator's wait for the node caches prevents) reaches the sidecar through istiod; the
+// test proxy refuses that listener update, as Envoy would, and keeps serving the previous
+// chain. Once the bad EnvoyFilter goes, updates are accepted again.
+func TestSidecarRefusesMissingModule(t *testing.T) {
+	ctx := context.Background()
+	p := sidecar(t)
+	sum := writeModule(t, cluster.Node("node-1"), customHeader(t))
+	good := envoyFilter(t, "good", "good", istio.TypedShape, sum, `{"name":"x-good","value":"yes"}`)
+	if err := cluster.Client.Create(ctx, good); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Client.Delete(ctx, good) })
+	waitChain(t, p, "the good filter", func(c *xdsproxy.Chain) bool { return hasFilter(c, "good") })
+	if got := get(t, p).Get("x-good"); got != "yes" {
+		t.Fatalf("x-good = %q", got)
+	}
+
+	missing := sha256Hex([]byte("a module no node holds"))
+	bad := envoyFilter(t, "missing-module", "missing-module", istio.TypedShape, missing, "")
+	if err := cluster.Client.Create(ctx, bad); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Client.Delete(ctx, bad) })
+	refused := len(p.Updates())
+	waitCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	var rejection error
+	for rejection == nil {
+		ch := p.Changed()
+		for _, u := range p.Updates()[refused:] {
+			if u.Err != nil {
+				rejection = u.Err
+			}
+		}
+		if rejection != nil {
+			break
+		}
+		select {
+		case <-ch:
+		case <-waitCtx.Done():
+			t.Fatalf("the sidecar never refused the update naming a missing module; chain: %s", describe(mustCurrent(p)))
+		}
+	}
+	if !strings.Contains(rejection.Error(), missing) || !strings.Contains(rejection.Error(), "reading the module") {
+		t.Errorf("refusal = %v, want it to name the missing module", rejection)
+	}
+	if c := mustCurrent(p); hasFilter(c, "missing-module") || !hasFilter(c, "good") {
+		t.Errorf("after the refusal the sidecar runs %s, want the previous chain", describe(c))
+	}
+	if got := get(t, p).Get("x-good"); got != "yes" {
+		t.Errorf("x-good = %q after the refused update, want the previous chain to keep serving", got)
+	}
+
+	if err := cluster.Client.Delete(ctx, bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Client.Delete(ctx, good); err != nil {
+		t.Fatal(err)
+	}
+	waitChain(t, p, "no Wasm filters", func(c *xdsproxy.Chain) bool { return len(c.Wasm) == 0 })
+}
+
+func mustCurrent(p *xdsproxy.Proxy) *xdsproxy.Chain {
+	c, _ := p.Current()
+	return c
 }
