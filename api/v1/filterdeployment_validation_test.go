@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -21,19 +22,15 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
 
-// seedFD is the seed article's FilterDeployment; only the registry host is replaced.
-const seedFD = `apiVersion: wasme.io/v1
-kind: FilterDeployment
-metadata:
-  name: bookinfo-custom-filter
-  namespace: bookinfo
-spec:
-  deployment:
-    istio:
-      kind: Deployment
-  filter:
-    image: registry.example.com/ryysud/custom-header:v0.1
-`
+// seedFD is the seed article's FilterDeployment as shipped in config/samples (only the
+// registry host differs from the article).
+func seedFD(t *testing.T) string {
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "samples", "bookinfo-custom-filter.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
 
 // create decodes a FilterDeployment from YAML into ns and creates it as kubectl does, with
 // strict field validation.
@@ -49,7 +46,7 @@ func create(ctx context.Context, ns, doc string) (*unstructured.Unstructured, er
 func TestSeedFilterDeploymentIsAccepted(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
-	if _, err := create(ctx, ns, seedFD); err != nil {
+	if _, err := create(ctx, ns, seedFD(t)); err != nil {
 		t.Fatalf("the seed's FilterDeployment was refused: %v", err)
 	}
 

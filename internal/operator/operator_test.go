@@ -258,19 +258,6 @@ func ready(fd *wasmev1.FilterDeployment) (bool, string) {
 		fmt.Sprintf("Ready=%s %s: %s (observed %d of %d)", c.Status, c.Reason, c.Message, fd.Status.ObservedGeneration, fd.Generation)
 }
 
-const seedFD = `apiVersion: wasme.io/v1
-kind: FilterDeployment
-metadata:
-  name: bookinfo-custom-filter
-  namespace: bookinfo
-spec:
-  deployment:
-    istio:
-      kind: Deployment
-  filter:
-    image: REGISTRY/ryysud/custom-header:v0.1
-`
-
 // The seed walkthrough: the seed's FilterDeployment (registry host aside) on bookinfo's two
 // Deployments with Istio 1.5, then a config update, then deletion.
 func TestSeedWalkthrough(t *testing.T) {
@@ -283,7 +270,11 @@ func TestSeedWalkthrough(t *testing.T) {
 	}
 
 	fd := &wasmev1.FilterDeployment{}
-	if err := yaml.UnmarshalStrict([]byte(strings.ReplaceAll(seedFD, "REGISTRY", cl.reg.Host)), fd); err != nil {
+	seed, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "samples", "bookinfo-custom-filter.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.UnmarshalStrict([]byte(strings.ReplaceAll(string(seed), "registry.example.com", cl.reg.Host)), fd); err != nil {
 		t.Fatal(err)
 	}
 	cl.apply(fd)
