@@ -22,9 +22,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -95,6 +97,10 @@ type Daemon struct {
 	workers   map[string]*worker
 	readyCond metav1.Condition
 	owner     *metav1.OwnerReference
+	// recorder emits an Event when a module becomes Ready or Failed, never on retries.
+	recorder events.EventRecorder
+	// regarding is this node's NodeCache, the object the Events are about.
+	regarding *wasmev1.NodeCache
 }
 
 // module is the daemon's view of one digest, reported in status.modules.
@@ -198,6 +204,26 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("creating a Kubernetes client: %w", err)
 	}
 	if err := d.lookUpNode(ctx); err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(d.opts.Config)
+	if err != nil {
+		return fmt.Errorf("creating a Kubernetes client: %w", err)
+	}
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: cs.EventsV1()})
+	if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
+		return fmt.Errorf("starting the event recorder: %w", err)
+	}
+	// Shut down last, after the final transitions are recorded.
+	defer broadcaster.Shutdown()
+	d.recorder = broadcaster.NewRecorder(d.scheme, wasmev1.CacheFieldManager)
+	d.regarding = &wasmev1.NodeCache{
+		TypeMeta:   metav1.TypeMeta{APIVersion: wasmev1.GroupVersion.String(), Kind: "NodeCache"},
+		ObjectMeta: metav1.ObjectMeta{Name: d.opts.NodeName},
+	}
+	// The NodeCache exists, without a Ready condition, before any module moves, so that every
+	// transition has an object to be recorded against.
+	if err := d.applyObject(ctx); err != nil {
 		return err
 	}
 	if err := d.watchFilterDeployments(ctx); err != nil {
@@ -462,9 +488,23 @@ func (d *Daemon) setState(m *module, h string, state wasmev1.ModuleState, size i
 	if m.state != state {
 		m.since = metav1.Now()
 		d.opts.Log.Info("module state", "digest", "sha256:"+h, "state", state, "message", msg)
+		d.event(h, state, msg)
 	}
 	m.state, m.size, m.message = state, size, msg
 	return true
+}
+
+// event records a module's transition to Ready or Failed.
+func (d *Daemon) event(h string, state wasmev1.ModuleState, msg string) {
+	if d.recorder == nil || d.regarding.UID == "" {
+		return
+	}
+	switch state {
+	case wasmev1.ModuleReady:
+		d.recorder.Eventf(d.regarding, nil, corev1.EventTypeNormal, "ModuleReady", "Cache", "sha256:%s is cached", h)
+	case wasmev1.ModuleFailed:
+		d.recorder.Eventf(d.regarding, nil, corev1.EventTypeWarning, "ModuleFailed", "Cache", "sha256:%s: %s", h, msg)
+	}
 }
 
 func (d *Daemon) startWorker(ctx context.Context, h string) {

@@ -2,16 +2,20 @@ package nodecache
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	eventsv1 "k8s.io/api/events/v1"
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/moduleserver"
@@ -148,6 +152,19 @@ func TestFaults(t *testing.T) {
 			if heal == nil {
 				return
 			}
+			// Retries do not add Events: one for the transition to Failed.
+			waitFor(t, "a ModuleFailed event", func() (bool, string) {
+				n := moduleEvents(t, nodeName, "ModuleFailed")
+				return n >= 1, fmt.Sprint(n, " events")
+			})
+			attempts, _ := strconv.Atoi(metricValue(t, n, "wasme_cache_fetch_duration_seconds_count"))
+			waitFor(t, "three more attempts", func() (bool, string) {
+				v, _ := strconv.Atoi(metricValue(t, n, "wasme_cache_fetch_duration_seconds_count"))
+				return v >= attempts+3, fmt.Sprint(v)
+			})
+			if got := moduleEvents(t, nodeName, "ModuleFailed"); got != 1 {
+				t.Errorf("%d ModuleFailed events (series included) after several failed attempts, want 1", got)
+			}
 			before := op.fetchCount(nodeName, h)
 			heal()
 			waitModule(t, nodeName, h, wasmev1.ModuleReady)
@@ -160,6 +177,10 @@ func TestFaults(t *testing.T) {
 			if got := op.fetchCount(nodeName, h) - before; got != 1 {
 				t.Errorf("%d successful downloads after the fault ended, want 1", got)
 			}
+			waitFor(t, "a ModuleReady event", func() (bool, string) {
+				n := moduleEvents(t, nodeName, "ModuleReady")
+				return n == 1, fmt.Sprint(n, " events")
+			})
 		})
 	}
 }
@@ -271,4 +292,24 @@ func TestSizeCap(t *testing.T) {
 	if got := metricValue(t, n, "wasme_cache_bytes"); got != fmt.Sprint(3*size) {
 		t.Errorf("wasme_cache_bytes = %q, want %d (over the cap, all in use)", got, 3*size)
 	}
+}
+
+// moduleEvents counts the Events with reason about NodeCache/<nodeName>.
+func moduleEvents(t *testing.T, nodeName, reason string) int {
+	t.Helper()
+	var list eventsv1.EventList
+	if err := env.Client.List(context.Background(), &list); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range list.Items {
+		if e.Regarding.Kind == "NodeCache" && e.Regarding.Name == nodeName && e.Reason == reason {
+			n++
+			if e.Series != nil {
+				// The recorder folds repeats of one event into a series; each counts.
+				n += int(e.Series.Count) - 1
+			}
+		}
+	}
+	return n
 }

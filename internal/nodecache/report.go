@@ -70,13 +70,8 @@ func (d *Daemon) reportLoop(ctx context.Context) {
 // apply server-side applies NodeCache/<node>: the object with its owner reference, then the
 // status. Both are applied every time, so a NodeCache someone deleted comes back.
 func (d *Daemon) apply(ctx context.Context, st wasmev1.NodeCacheStatus) error {
-	obj := d.newNodeCache()
-	if d.owner != nil {
-		obj.SetOwnerReferences([]metav1.OwnerReference{*d.owner})
-	}
-	opts := []client.ApplyOption{client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership}
-	if err := d.client.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj), opts...); err != nil {
-		return fmt.Errorf("applying NodeCache %s: %w", d.opts.NodeName, err)
+	if err := d.applyObject(ctx); err != nil {
+		return err
 	}
 	status := d.newNodeCache()
 	status.Object["status"] = statusObject(st)
@@ -84,6 +79,24 @@ func (d *Daemon) apply(ctx context.Context, st wasmev1.NodeCacheStatus) error {
 		client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying the status of NodeCache %s: %w", d.opts.NodeName, err)
 	}
+	return nil
+}
+
+// applyObject applies the NodeCache itself and remembers its UID for the Events about it.
+func (d *Daemon) applyObject(ctx context.Context) error {
+	obj := d.newNodeCache()
+	if d.owner != nil {
+		obj.SetOwnerReferences([]metav1.OwnerReference{*d.owner})
+	}
+	if err := d.client.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj),
+		client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership); err != nil {
+		return fmt.Errorf("applying NodeCache %s: %w", d.opts.NodeName, err)
+	}
+	d.mu.Lock()
+	if d.regarding != nil {
+		d.regarding.UID = obj.GetUID()
+	}
+	d.mu.Unlock()
 	return nil
 }
 
