@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
@@ -340,6 +342,23 @@ func TestSeedWalkthrough(t *testing.T) {
 			t.Errorf("%s: generation %d, want 2 (one pod template change)", name, d.Generation)
 		}
 	}
+
+	// Events only on transitions: the pass loop ran many times, the events say each state once.
+	cl.eventually("events", func() (bool, string) {
+		var evs eventsv1.EventList
+		if err := cl.c.List(cl.ctx, &evs, client.InNamespace("bookinfo")); err != nil {
+			return false, err.Error()
+		}
+		var reasons []string
+		for _, e := range evs.Items {
+			if e.Regarding.UID == fd.UID {
+				reasons = append(reasons, e.Reason)
+			}
+		}
+		slices.Sort(reasons)
+		want := []string{wasmev1.CachePendingReason, wasmev1.SucceededReason}
+		return slices.Equal(reasons, want), fmt.Sprintf("event reasons %v, want %v", reasons, want)
+	})
 
 	// Update the config: EnvoyFilters change, pods do not roll.
 	fd.Spec.Filter.Config = &apiextensionsv1.JSON{Raw: []byte(`"{\"name\":\"hello\",\"value\":\"there\"}"`)}
