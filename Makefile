@@ -43,13 +43,15 @@ fmt: ## Run gofmt on the code.
 	gofmt -l -w $$(git ls-files '*.go' | grep -v '^hack/tools/')
 
 .PHONY: vet
-vet: ## Run go vet.
+vet: ## Run go vet (the main module, the wasip1 example filters, the Istio interop module).
 	go vet ./...
+	cd examples/filters && GOOS=wasip1 GOARCH=wasm go vet ./...
+	cd test/interop/istio && go vet ./...
 
 .PHONY: tidy
 tidy: ## Tidy go.mod of the main module and of each tool module.
 	go mod tidy
-	for d in hack/tools/*/; do (cd $$d && go mod tidy); done
+	for d in hack/tools/*/ test/interop/istio/ examples/filters/; do (cd $$d && go mod tidy); done
 
 .PHONY: verify
 verify: generate manifests build-installer tidy fmt vet ## Regenerate everything and fail if the tree changed.
@@ -71,6 +73,13 @@ test: ## Run every test against a real kube-apiserver and etcd (test/e2e also ag
 	@assets=$$(hack/tools/build.sh --assets) && istiod=$$(hack/tools/build.sh istiod) && \
 	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod" && \
 	  KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod go test $(GO_TEST_FLAGS) ./...
+	cd test/interop/istio && go test $(GO_TEST_FLAGS) ./...
+
+FUZZTIME ?= 10s
+.PHONY: fuzz
+fuzz: ## Run each fuzz target briefly (FUZZTIME, default 10s) beyond its seed corpus.
+	for f in FuzzParseReference FuzzDetectLayout FuzzExtractCompatLayer; do \
+	  go test ./pkg/wasmimage -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; done
 
 .PHONY: demo
 demo: ## The seed walkthrough on a local control plane (etcd, kube-apiserver, istiod, registry, wasme); KEEP=1 keeps it up.
