@@ -186,6 +186,12 @@ type FilterDeploymentStatus struct {
 	// +optional
 	ModuleDigest string `json:"moduleDigest,omitempty"`
 
+	// deployedModuleDigest is the module the EnvoyFilters load now. While a new module (a
+	// re-pushed tag, a changed image) is still being cached it differs from moduleDigest, and
+	// node caches keep both, so the running filter's file never goes away under it.
+	// +optional
+	DeployedModuleDigest string `json:"deployedModuleDigest,omitempty"`
+
 	// rootID is the root id in effect: spec.filter.rootID or the image's default.
 	// +optional
 	RootID string `json:"rootID,omitempty"`

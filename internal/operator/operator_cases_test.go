@@ -304,10 +304,22 @@ func TestRepushedTagRollsOut(t *testing.T) {
 		got := cl.fd(ns, "f")
 		return got.Status.ModuleDigest != old, fmt.Sprintf("%+v", got.Status)
 	})
+	// Until the nodes hold the new module, the EnvoyFilter keeps loading the old one, and the
+	// status names both so node caches keep both.
+	got := cl.fd(ns, "f")
+	if got.Status.DeployedModuleDigest != old {
+		t.Errorf("deployedModuleDigest = %s while the new module is not cached, want %s", got.Status.DeployedModuleDigest, old)
+	}
+	if ef := cl.envoyFilters(ns)["app-f."+ns]; ef == nil || !strings.Contains(specJSON(t, ef), strings.TrimPrefix(old, "sha256:")) {
+		t.Errorf("EnvoyFilter switched before the new module was cached")
+	}
 	fd = cl.waitReady(fd)
 	ef := cl.envoyFilters(ns)["app-f."+ns]
 	if ef == nil || !strings.Contains(specJSON(t, ef), strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:")) {
 		t.Errorf("EnvoyFilter does not load the new module %s", fd.Status.ModuleDigest)
+	}
+	if fd.Status.DeployedModuleDigest != fd.Status.ModuleDigest {
+		t.Errorf("deployedModuleDigest = %s after the rollout, want %s", fd.Status.DeployedModuleDigest, fd.Status.ModuleDigest)
 	}
 }
 

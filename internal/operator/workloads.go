@@ -161,6 +161,9 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 	if err := r.deleteStaleEnvoyFilters(ctx, fd, want); err != nil {
 		return err
 	}
+	if len(failed) == 0 {
+		fd.Status.DeployedModuleDigest = fd.Status.ModuleDigest
+	}
 	switch {
 	case len(failed) > 0:
 		p.stop(wasmev1.WorkloadFailedReason, fmt.Errorf("applying filter to workloads: %s", strings.Join(failed, "; ")))
