@@ -46,6 +46,10 @@ build() {
     (cd "$here/$tool" && go build -o "$out.tmp.$$" "$pkg") >&2
     mv -f "$out.tmp.$$" "$out"
     echo ">> built $tool in $((SECONDS - start))s" >&2
+    # Builds of older pins of this tool are dead weight (hundreds of MB for kube-apiserver).
+    for old in "$cache/$tool"-*; do
+      [ "$old" = "$dir" ] || rm -rf "$old"
+    done
   fi
   echo "$out"
 }
