@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/wasmhost"
 	"wasme.io/wasme/internal/xdsproxy"
 )
 
@@ -112,6 +113,16 @@ type SidecarOptions struct {
 	Log *slog.Logger
 }
 
+// moduleCache is the compiled-module cache all sidecars of this cluster share: compiling a
+// Go-built module takes seconds on a small machine, and every test starts a fresh sidecar.
+func (c *Cluster) moduleCache() *wasmhost.Cache {
+	c.cacheOnce.Do(func() {
+		c.wasmCache = wasmhost.NewCache()
+		c.stops = append(c.stops, func() { _ = c.wasmCache.Close(context.Background()) })
+	})
+	return c.wasmCache
+}
+
 // StartSidecar starts a test proxy (xdsproxy) as the sidecar of the Deployment's pod: it
 // connects to istiod as that pod, listens on the pod's loopback IP and reads modules from the
 // cache directory of the pod's node, where /var/local/lib/wasme-cache points.
@@ -145,5 +156,6 @@ func (c *Cluster) StartSidecar(ctx context.Context, ns, deployment string, o Sid
 		Upstream: o.Upstream,
 		Listen:   pod.Status.PodIP + ":0",
 		Log:      o.Log,
+		Cache:    c.moduleCache(),
 	})
 }

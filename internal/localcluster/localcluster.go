@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/wasmhost"
 )
 
 // Options configure a Cluster.
@@ -61,6 +62,9 @@ type Cluster struct {
 	kubelet  *kubelet
 	stops    []func()
 	stopOnce sync.Once
+
+	cacheOnce sync.Once
+	wasmCache *wasmhost.Cache
 }
 
 // Node is a simulated node.

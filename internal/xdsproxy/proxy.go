@@ -113,6 +113,10 @@ type Options struct {
 	Listen string
 	// Log receives the proxy's and the filters' log lines; nil discards them.
 	Log *slog.Logger
+	// Cache holds compiled modules; several proxies may share one (tests start a proxy per
+	// test and need not compile the same module each time). Nil means a cache of its own,
+	// closed with the proxy.
+	Cache *wasmhost.Cache
 }
 
 // Update is one listener response the proxy handled.
@@ -135,6 +139,8 @@ type Proxy struct {
 	ln   net.Listener
 	srv  *http.Server
 	wc   *wasmhost.Cache
+	// ownCache: wc was made by Start and is closed by Close.
+	ownCache bool
 
 	mu      sync.RWMutex // guards the fields below; serve holds RLock while running a chain
 	handler http.Handler
@@ -169,9 +175,13 @@ func Start(ctx context.Context, opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
+	wc, ownCache := opts.Cache, opts.Cache == nil
+	if ownCache {
+		wc = wasmhost.NewCache()
+	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p := &Proxy{
-		opts: opts, log: log, ln: ln, wc: wasmhost.NewCache(),
+		opts: opts, log: log, ln: ln, wc: wc, ownCache: ownCache,
 		handler: opts.Upstream, changed: make(chan struct{}),
 		cancel: cancel, done: make(chan struct{}),
 	}
@@ -197,7 +207,9 @@ func (p *Proxy) Close() error {
 	p.plugins = nil
 	p.mu.Unlock()
 	closePlugins(old)
-	_ = p.wc.Close(context.Background())
+	if p.ownCache {
+		_ = p.wc.Close(context.Background())
+	}
 	return err
 }
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -32,9 +33,18 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("e2e: skipped in -short mode (it starts kube-apiserver, etcd, istiod and a registry)")
+		return 0
+	}
 	ctx := context.Background()
 	// WASME_E2E_DIR keeps the logs (istiod, operator, node caches) after the run, for debugging.
-	c, err := localcluster.Start(ctx, localcluster.Options{Progress: os.Stderr, Dir: os.Getenv("WASME_E2E_DIR")})
+	c, err := localcluster.Start(ctx, localcluster.Options{
+		Progress: os.Stderr, Dir: os.Getenv("WASME_E2E_DIR"),
+		// Two nodes: the operator must wait for every node's cache, which the original could not.
+		Nodes: 2,
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: starting the local cluster:", err)
 		return 1
@@ -147,12 +157,15 @@ func get(t *testing.T, p *xdsproxy.Proxy) http.Header {
 	return resp.Header
 }
 
-// writeModule puts a module into a node's cache directory, as the node cache would.
-func writeModule(t *testing.T, node *localcluster.Node, mod []byte) string {
+// writeModule puts a module into every node's cache directory, as the node caches would for
+// tests that write EnvoyFilters themselves.
+func writeModule(t *testing.T, mod []byte) string {
 	t.Helper()
 	h := sha256Hex(mod)
-	if err := os.WriteFile(filepath.Join(node.CacheDir, h), mod, 0o644); err != nil {
-		t.Fatal(err)
+	for _, n := range cluster.Nodes {
+		if err := os.WriteFile(filepath.Join(n.CacheDir, h), mod, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return h
 }

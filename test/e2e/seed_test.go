@@ -137,8 +137,12 @@ func TestSeedWalkthrough(t *testing.T) {
 	if w.RootID != "add_header" || w.VMID != "bookinfo-custom-filter.bookinfo" || w.Filename != wasmev1.CacheDir+"/"+sum {
 		t.Errorf("wasm filter = root %q vm %q file %q; want add_header, bookinfo-custom-filter.bookinfo, %s/%s", w.RootID, w.VMID, w.Filename, wasmev1.CacheDir, sum)
 	}
-	if w.Path != filepath.Join(cluster.Node("node-1").CacheDir, sum) {
-		t.Errorf("module read from %s", w.Path)
+	pod, err := cluster.WaitPod(ctx, localcluster.BookinfoNamespace, "details-v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Path != filepath.Join(cluster.Node(pod.Spec.NodeName).CacheDir, sum) {
+		t.Errorf("module read from %s, want the cache of the pod's node %s", w.Path, pod.Spec.NodeName)
 	}
 	if i, j := slices.Index(c.HTTPFilters, xdsproxy.WasmFilterName), slices.Index(c.HTTPFilters, "envoy.filters.http.router"); i < 0 || j < 0 || i > j {
 		t.Errorf("the Wasm filter is not before the router: %v", c.HTTPFilters)
@@ -158,10 +162,6 @@ func TestSeedWalkthrough(t *testing.T) {
 		t.Errorf("status: moduleDigest %s cachedNodes %d", fd.Status.ModuleDigest, fd.Status.CachedNodes)
 	}
 	// The harness's kubelet copies the template annotations the operator added to the pod.
-	pod, err := cluster.WaitPod(ctx, localcluster.BookinfoNamespace, "details-v1")
-	if err != nil {
-		t.Fatal(err)
-	}
 	eventually(t, "the sidecar volume annotations on the details-v1 pod", func() (bool, string) {
 		pod, err = cluster.WaitPod(ctx, localcluster.BookinfoNamespace, "details-v1")
 		if err != nil {

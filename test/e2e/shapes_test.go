@@ -28,8 +28,7 @@ func TestEnvoyFilterShapes(t *testing.T) {
 	ctx := context.Background()
 	p := sidecar(t)
 	mod := customHeader(t)
-	node := cluster.Node("node-1")
-	sum := writeModule(t, node, mod)
+	sum := writeModule(t, mod)
 
 	v, err := istio.ParseVersion(cluster.Istiod.Version)
 	if err != nil {
@@ -117,7 +116,7 @@ func envoyFilter(t *testing.T, name, id string, shape istio.Shape, sum, config s
 func TestSidecarRefusesMissingModule(t *testing.T) {
 	ctx := context.Background()
 	p := sidecar(t)
-	sum := writeModule(t, cluster.Node("node-1"), customHeader(t))
+	sum := writeModule(t, customHeader(t))
 	good := envoyFilter(t, "good", "good", istio.TypedShape, sum, `{"name":"x-good","value":"yes"}`)
 	if err := cluster.Client.Create(ctx, good); err != nil {
 		t.Fatal(err)
