@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -99,8 +100,8 @@ func TestKilledDuringDownload(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"=1", "CHILD_KUBECONFIG="+writeKubeconfig(t), "CHILD_DIR="+dir,
 		"CHILD_NODE="+nodeName, "CHILD_OPERATOR_URL="+op.url, "CHILD_TOKEN_FILE="+op.tokenFile)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -150,3 +151,21 @@ func names(entries []os.DirEntry) []string {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// syncBuffer is the child's stderr, read by the test while the child writes it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
