@@ -45,7 +45,8 @@ func run(keep bool, dir string) error {
 		dir = d
 		defer os.RemoveAll(d)
 	}
-	c, err := localcluster.Start(ctx, localcluster.Options{Dir: dir, Progress: os.Stdout})
+	// Two nodes, so the wasme-cache DaemonSet has two pods and the operator waits for both.
+	c, err := localcluster.Start(ctx, localcluster.Options{Dir: dir, Progress: os.Stdout, Nodes: 2})
 	if err != nil {
 		return err
 	}
