@@ -396,3 +396,27 @@ func TestRestartsConverge(t *testing.T) {
 		}
 	}
 }
+
+// Two FilterDeployments claiming one filter id on one workload: the second is told why it
+// cannot have the EnvoyFilter, and the first keeps it.
+func TestSameIDConflict(t *testing.T) {
+	cl := setup(t, currentIstiod)
+	ref := cl.push("filters/custom-header:v1", customHeader(t))
+	ns := env.Namespace(t)
+	cl.apply(deployment(ns, "app", map[string]string{"app": "app"}, nil))
+	sameID := func(fd *wasmev1.FilterDeployment) { fd.Spec.Filter.ID = "same" }
+	first := newFD(ns, "first", ref, sameID)
+	cl.apply(first)
+	first = cl.waitReady(first)
+	cl.apply(newFD(ns, "second", ref, sameID))
+	cl.eventually("the conflict", func() (bool, string) {
+		got := cl.fd(ns, "second")
+		w := got.Status.Workloads["app"]
+		return w.State == wasmev1.WorkloadFailed && strings.Contains(w.Reason, "EnvoyFilter app-same exists and is not this FilterDeployment's"),
+			fmt.Sprintf("%+v", got.Status)
+	})
+	ef := cl.envoyFilters(ns)["app-same"]
+	if ef == nil || !metav1.IsControlledBy(ef, first) {
+		t.Errorf("the first FilterDeployment lost its EnvoyFilter: %v", ef)
+	}
+}
