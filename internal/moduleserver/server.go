@@ -209,17 +209,22 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) int {
 
 	// Only digests in use are served, even from the store: a module whose FilterDeployment
 	// moved on must not live on through the nodes.
-	fds, err := s.filterDeploymentsNaming(r.Context(), "sha256:"+rest)
+	fetchable, named, err := s.filterDeploymentsNaming(r.Context(), "sha256:"+rest)
 	if err != nil {
 		s.opts.Log.Error(err, "listing FilterDeployments")
 		return httpError(w, http.StatusServiceUnavailable, "cannot list FilterDeployments")
 	}
-	if len(fds) == 0 {
+	if !named {
 		return httpError(w, http.StatusNotFound, "no FilterDeployment uses this module")
 	}
 	data, ok := s.store.Get(rest)
 	if !ok {
-		if data, err = s.fetch(r.Context(), rest, fds); err != nil {
+		if len(fetchable) == 0 {
+			// Named only as the deployed module of FilterDeployments whose image has moved
+			// on: their status.imageDigest no longer leads to it.
+			return httpError(w, http.StatusNotFound, "this replica does not hold the module and no FilterDeployment's image leads to it")
+		}
+		if data, err = s.fetch(r.Context(), rest, fetchable); err != nil {
 			s.opts.Log.Error(err, "fetching module", "digest", "sha256:"+rest)
 			return httpError(w, http.StatusBadGateway, "the module could not be fetched")
 		}
@@ -255,23 +260,26 @@ func (s *Server) authenticate(r *http.Request) (int, string) {
 	return 0, ""
 }
 
-// filterDeploymentsNaming lists the FilterDeployments whose status.moduleDigest is digest,
-// ordered by namespace and name so retries try them in a stable order.
-func (s *Server) filterDeploymentsNaming(ctx context.Context, digest string) ([]*wasmev1.FilterDeployment, error) {
+// filterDeploymentsNaming reports whether any FilterDeployment names digest in
+// status.moduleDigest or status.deployedModuleDigest, and returns those whose moduleDigest is
+// digest (their status.imageDigest leads to it), ordered by namespace and name so retries try
+// them in a stable order.
+func (s *Server) filterDeploymentsNaming(ctx context.Context, digest string) (fetchable []*wasmev1.FilterDeployment, named bool, err error) {
 	var list wasmev1.FilterDeploymentList
 	if err := s.opts.Client.List(ctx, &list); err != nil {
-		return nil, fmt.Errorf("listing FilterDeployments: %w", err)
+		return nil, false, fmt.Errorf("listing FilterDeployments: %w", err)
 	}
-	var out []*wasmev1.FilterDeployment
 	for i := range list.Items {
-		if list.Items[i].Status.ModuleDigest == digest {
-			out = append(out, &list.Items[i])
+		st := &list.Items[i].Status
+		if st.ModuleDigest == digest {
+			fetchable = append(fetchable, &list.Items[i])
 		}
+		named = named || st.ModuleDigest == digest || st.DeployedModuleDigest == digest
 	}
-	slices.SortFunc(out, func(a, b *wasmev1.FilterDeployment) int {
+	slices.SortFunc(fetchable, func(a, b *wasmev1.FilterDeployment) int {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
-	return out, nil
+	return fetchable, named, nil
 }
 
 // fetch pulls a module this replica does not hold, once per digest however many nodes ask at

@@ -87,6 +87,19 @@ func TestServer(t *testing.T) {
 	filterDeployment(t, ns, "held", digestOf(held))
 	filterDeployment(t, ns, "fetched", digestOf(fetched))
 	filterDeployment(t, ns, "tampered", digestOf(tampered))
+	// Mid-rollout: the EnvoyFilters still load the deployed module while the new one caches.
+	deployed := []byte("\x00asm\x01\x00\x00\x00 the module Envoy loads now")
+	deployedGone := []byte("\x00asm\x01\x00\x00\x00 deployed, but this replica never pulled it")
+	rolling := filterDeployment(t, ns, "rolling", digestOf(held))
+	rolling.Status.DeployedModuleDigest = digestOf(deployed)
+	if err := env.Client.Status().Update(context.Background(), rolling); err != nil {
+		t.Fatal(err)
+	}
+	rolling2 := filterDeployment(t, ns, "rolling-2", digestOf(held))
+	rolling2.Status.DeployedModuleDigest = digestOf(deployedGone)
+	if err := env.Client.Status().Update(context.Background(), rolling2); err != nil {
+		t.Fatal(err)
+	}
 
 	var fetches sync.Map // FilterDeployment name -> *atomic.Int32
 	release := make(chan struct{})
@@ -119,6 +132,9 @@ func TestServer(t *testing.T) {
 	if err := srv.Put(digestOf(unused), unused); err != nil {
 		t.Fatalf("Put: %v", err)
 	}
+	if err := srv.Put(digestOf(deployed), deployed); err != nil {
+		t.Fatalf("Put: %v", err)
+	}
 	ts := httptest.NewServer(srv)
 	defer ts.Close()
 
@@ -147,6 +163,8 @@ func TestServer(t *testing.T) {
 			header: map[string]string{"If-None-Match": `"` + digestOf(held) + `"`}, wantCode: 304},
 		{name: "unknown digest", method: "GET", path: path([]byte("nobody's")), token: goodToken, wantCode: 404},
 		{name: "put but unused", method: "GET", path: path(unused), token: goodToken, wantCode: 404},
+		{name: "deployed module, held", method: "GET", path: path(deployed), token: goodToken, wantCode: 200, wantBody: deployed},
+		{name: "deployed module, not held (no image leads to it)", method: "GET", path: path(deployedGone), token: goodToken, wantCode: 404},
 		{name: "tampered upstream", method: "GET", path: path(tampered), token: goodToken, wantCode: 502},
 		{name: "malformed digest", method: "GET", path: moduleserver.PathPrefix + "abc", token: goodToken, wantCode: 400},
 		{name: "upper-case digest", method: "GET", path: moduleserver.PathPrefix + strings.ToUpper(strings.TrimPrefix(digestOf(held), "sha256:")), token: goodToken, wantCode: 400},

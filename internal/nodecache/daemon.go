@@ -343,7 +343,9 @@ func (d *Daemon) kick(ch chan struct{}) {
 	}
 }
 
-// neededDigests returns the hex digests that FilterDeployments' status.moduleDigest names.
+// neededDigests returns the hex digests that FilterDeployments name: status.moduleDigest, the
+// module being rolled out, and status.deployedModuleDigest, the one Envoy loads now. Both stay
+// on disk, so a running filter's file never goes away during a rollout.
 func (d *Daemon) neededDigests(ctx context.Context) (map[string]bool, error) {
 	var list wasmev1.FilterDeploymentList
 	if err := d.fds.List(ctx, &list); err != nil {
@@ -351,15 +353,17 @@ func (d *Daemon) neededDigests(ctx context.Context) (map[string]bool, error) {
 	}
 	needed := map[string]bool{}
 	for _, fd := range list.Items {
-		if fd.Status.ModuleDigest == "" {
-			continue
+		for _, digest := range []string{fd.Status.ModuleDigest, fd.Status.DeployedModuleDigest} {
+			if digest == "" {
+				continue
+			}
+			h, err := parseDigest(digest)
+			if err != nil {
+				d.opts.Log.Info("ignoring a FilterDeployment's module digest", "filterDeployment", fd.Namespace+"/"+fd.Name, "reason", err.Error())
+				continue
+			}
+			needed[h] = true
 		}
-		h, err := parseDigest(fd.Status.ModuleDigest)
-		if err != nil {
-			d.opts.Log.Info("ignoring a FilterDeployment's module digest", "filterDeployment", fd.Namespace+"/"+fd.Name, "reason", err.Error())
-			continue
-		}
-		needed[h] = true
 	}
 	return needed, nil
 }

@@ -16,8 +16,8 @@ import (
 
 // TestThreeNodes is the main scenario: three nodes, one FilterDeployment, each node
 // fetches the module exactly once, holds byte-identical files named by sha256 and reports
-// Ready; a re-pushed tag's new module is cached and the old one collected after the grace
-// period.
+// Ready; a re-pushed tag's new module is cached, the old one kept while Envoy still loads it
+// and collected after the grace period once the new one is deployed.
 func TestThreeNodes(t *testing.T) {
 	op := startOperator(t)
 	v1, v2 := wasmModule("v1"), wasmModule("v2")
@@ -81,21 +81,38 @@ func TestThreeNodes(t *testing.T) {
 		}
 	}
 
-	// The tag is re-pushed with new content; the operator resolves it and names the new module.
+	// The tag is re-pushed with new content; the operator resolves it and names the new module
+	// while the EnvoyFilters still load the old one (status.deployedModuleDigest).
 	repushed := time.Now()
+	fd.Status.DeployedModuleDigest = "sha256:" + hexOf(v1)
 	setModule(t, fd, v2)
 	for _, n := range nodes {
 		waitModule(t, n.name, hexOf(v2), wasmev1.ModuleReady)
 	}
 	t.Logf("all three nodes reported v2 Ready %s after the re-push", time.Since(repushed))
+	// Well past the grace period, the deployed v1 is still kept: Envoy loads it.
+	time.Sleep(grace + time.Second)
+	for _, n := range nodes {
+		if st, _, _, _ := moduleState(n.name, hexOf(v1)); st != wasmev1.ModuleReady {
+			t.Errorf("%s: the deployed v1 is %q while still deployed, want Ready", n.name, st)
+		}
+		if _, err := os.Stat(filepath.Join(n.dir, hexOf(v1))); err != nil {
+			t.Errorf("%s: the deployed v1 left the disk: %v", n.name, err)
+		}
+	}
+
+	// The operator rolls out v2; v1 is collected once the grace period has passed.
+	rolledOut := time.Now()
+	fd.Status.DeployedModuleDigest = "sha256:" + hexOf(v2)
+	setModule(t, fd, v2)
 	for _, n := range nodes {
 		waitGone(t, n.name, hexOf(v1))
 		if _, err := os.Stat(filepath.Join(n.dir, hexOf(v1))); !os.IsNotExist(err) {
 			t.Errorf("%s: v1 still on disk after it left the report: %v", n.name, err)
 		}
 	}
-	if elapsed := time.Since(repushed); elapsed < grace {
-		t.Errorf("v1 was collected %s after the re-push, before the %s grace period ended", elapsed, grace)
+	if elapsed := time.Since(rolledOut); elapsed < grace {
+		t.Errorf("v1 was collected %s after the rollout, before the %s grace period ended", elapsed, grace)
 	}
 	for _, n := range nodes {
 		if got := op.fetchCount(n.name, hexOf(v2)); got != 1 {
