@@ -118,8 +118,8 @@ func (r *FilterDeploymentReconciler) validate(ctx context.Context, img *Image, r
 	}
 	sum := sha256.Sum256(config)
 	key := img.ModuleDigest + "/" + rootID + "/" + hex.EncodeToString(sum[:])
-	if err, ok := r.images.validated(key); ok {
-		return err
+	if res, ok := r.images.validated(key); ok {
+		return res.err
 	}
 	err := r.Validate(ctx, img.Module, rootID, config)
 	r.images.setValidated(key, err)
@@ -203,11 +203,14 @@ func (c *imageCache) put(digest string, img *Image) {
 	}
 }
 
-func (c *imageCache) validated(key string) (error, bool) {
+// check is a remembered validation result (err nil: the module passed).
+type check struct{ err error }
+
+func (c *imageCache) validated(key string) (check, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	err, ok := c.checks[key]
-	return err, ok
+	return check{err}, ok
 }
 
 func (c *imageCache) setValidated(key string, err error) {
