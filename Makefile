@@ -59,8 +59,8 @@ verify: generate manifests build-installer tidy fmt vet ## Regenerate everything
 		echo "make verify: the tree is not clean after regeneration:"; git status --porcelain; git --no-pager diff --stat; exit 1; fi
 
 .PHONY: tools
-tools: ## Build the pinned test tools (etcd, kube-apiserver, controller-gen, kustomize) into the tool cache.
-	hack/tools/build.sh etcd kube-apiserver controller-gen kustomize >/dev/null
+tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, controller-gen, kustomize) into the tool cache.
+	hack/tools/build.sh etcd kube-apiserver istiod controller-gen kustomize >/dev/null
 
 ##@ Build and test
 
@@ -85,6 +85,19 @@ fuzz: ## Run each fuzz target briefly (FUZZTIME, default 10s) beyond its seed co
 demo: ## The seed walkthrough on a local control plane (etcd, kube-apiserver, istiod, registry, wasme); KEEP=1 keeps it up.
 	@echo ">> compiling hack/demo"
 	go run ./hack/demo $(if $(KEEP),--keep)
+
+.PHONY: bench
+bench: build ## Run the benchmarks (docs/performance.md): print the table, write bench/results/latest.json.
+	@# Row 5 compares the node cache with Debian's nginx; as root it is installed when missing.
+	@if ! command -v nginx >/dev/null; then \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	    echo ">> installing Debian's nginx for row 5"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	  else echo ">> nginx is missing: row 5 runs without its comparison (apt-get install nginx)"; fi; fi
+	@command -v $${WASME_TEST_REGISTRY:-/usr/bin/docker-registry} >/dev/null || { echo ">> docker-registry is missing: apt-get install docker-registry"; exit 1; }
+	@assets=$$(hack/tools/build.sh --assets) && hack/tools/build.sh oras >/dev/null && \
+	  echo ">> KUBEBUILDER_ASSETS=$$assets; compiling bench/cmd/wasme-bench" && \
+	  KUBEBUILDER_ASSETS=$$assets go run ./bench/cmd/wasme-bench -wasme bin/wasme $(if $(ROWS),-rows $(ROWS))
 
 .PHONY: clean
 clean: ## Remove build output (the tool cache stays).
