@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -15,22 +14,13 @@ import (
 	"sigs.k8s.io/yaml"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/config/samples"
 	"wasme.io/wasme/internal/testenv"
 )
 
 var env *testenv.Env
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
-
-// seedFD is the seed article's FilterDeployment as shipped in config/samples (only the
-// registry host differs from the article).
-func seedFD(t *testing.T) string {
-	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "samples", "bookinfo-custom-filter.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
 
 // create decodes a FilterDeployment from YAML into ns and creates it as kubectl does, with
 // strict field validation.
@@ -46,7 +36,7 @@ func create(ctx context.Context, ns, doc string) (*unstructured.Unstructured, er
 func TestSeedFilterDeploymentIsAccepted(t *testing.T) {
 	ctx := context.Background()
 	ns := env.Namespace(t)
-	if _, err := create(ctx, ns, seedFD(t)); err != nil {
+	if _, err := create(ctx, ns, samples.BookinfoCustomFilter(samples.SampleRegistry)); err != nil {
 		t.Fatalf("the seed's FilterDeployment was refused: %v", err)
 	}
 

@@ -21,24 +21,10 @@ import (
 	"sigs.k8s.io/yaml"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/config/samples"
 	"wasme.io/wasme/internal/xdsproxy"
 	"wasme.io/wasme/pkg/wasmimage"
 )
-
-// SeedFilterDeployment is the seed article's FilterDeployment; REGISTRY stands for the
-// registry host, which is the only change from the article.
-const SeedFilterDeployment = `apiVersion: wasme.io/v1
-kind: FilterDeployment
-metadata:
-  name: bookinfo-custom-filter
-  namespace: bookinfo
-spec:
-  deployment:
-    istio:
-      kind: Deployment
-  filter:
-    image: REGISTRY/ryysud/custom-header:v0.1
-`
 
 // SeedResult is what the walkthrough measured.
 type SeedResult struct {
@@ -101,7 +87,7 @@ func (c *Cluster) SeedWalkthrough(ctx context.Context, out io.Writer) (*SeedResu
 	}
 	p("%s", before)
 
-	fdYAML := strings.ReplaceAll(SeedFilterDeployment, "REGISTRY", c.Registry.Host)
+	fdYAML := samples.BookinfoCustomFilter(c.Registry.Host)
 	p("\n$ kubectl apply -f - <<EOF\n%sEOF\n", fdYAML)
 	fd := &wasmev1.FilterDeployment{}
 	if err := yaml.UnmarshalStrict([]byte(fdYAML), fd); err != nil {

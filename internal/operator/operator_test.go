@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/config/samples"
 	"wasme.io/wasme/internal/istio"
 	"wasme.io/wasme/internal/operator"
 	"wasme.io/wasme/internal/registrytest"
@@ -272,11 +273,7 @@ func TestSeedWalkthrough(t *testing.T) {
 	}
 
 	fd := &wasmev1.FilterDeployment{}
-	seed, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "samples", "bookinfo-custom-filter.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := yaml.UnmarshalStrict([]byte(strings.ReplaceAll(string(seed), "registry.example.com", cl.reg.Host)), fd); err != nil {
+	if err := yaml.UnmarshalStrict([]byte(samples.BookinfoCustomFilter(cl.reg.Host)), fd); err != nil {
 		t.Fatal(err)
 	}
 	cl.apply(fd)

@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/config/samples"
 	"wasme.io/wasme/internal/localcluster"
 	"wasme.io/wasme/internal/xdsproxy"
 	"wasme.io/wasme/pkg/wasmimage"
@@ -122,7 +123,7 @@ func TestSeedWalkthrough(t *testing.T) {
 	}
 
 	start := time.Now()
-	applyFD(t, strings.ReplaceAll(localcluster.SeedFilterDeployment, "REGISTRY", cluster.Registry.Host))
+	applyFD(t, samples.BookinfoCustomFilter(cluster.Registry.Host))
 	c := waitChain(t, p, "the seed filter in the details-v1 sidecar", func(c *xdsproxy.Chain) bool {
 		return slices.Contains(wasmNames(c), "bookinfo-custom-filter.bookinfo")
 	})
