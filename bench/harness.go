@@ -159,8 +159,10 @@ func (e *env) serviceAccount(ctx context.Context, ns, name string) (*rest.Config
 	}
 	cfg := rest.AnonymousClientConfig(e.kube.Config)
 	cfg.BearerToken = tr.Status.Token
-	// The defaults (QPS 5, burst 10) would make client-side throttling the figure measured.
-	cfg.QPS, cfg.Burst = 200, 400
+	// As in the cluster: controller-runtime's GetConfig turns client-side throttling off (QPS
+	// -1) and relies on the API server's priority and fairness; client-go's default of 5 QPS
+	// would make the throttle the figure measured.
+	cfg.QPS = -1
 	return cfg, tr.Status.Token, nil
 }
 

@@ -37,6 +37,9 @@ type Config struct {
 	Unrelated int
 	// SteadyWindow is how long row 2 counts writes after an operator restart.
 	SteadyWindow time.Duration
+	// MemoryIdle is how long the operator process must have had nothing to do before its
+	// memory is read.
+	MemoryIdle time.Duration
 	// PushPullSizes are row 4's module sizes, each pushed and pulled PushPullReps times.
 	PushPullSizes []int
 	PushPullReps  int
@@ -64,6 +67,7 @@ func Full() Config {
 		EgressNodes:       []int{3, 10},
 		Unrelated:         10000,
 		SteadyWindow:      10 * time.Second,
+		MemoryIdle:        2 * time.Second,
 		PushPullSizes:     []int{1 << 20, 20 << 20},
 		PushPullReps:      5,
 		ServeSize:         2 << 20,
@@ -84,6 +88,7 @@ func Quick() Config {
 		EgressNodes:       []int{2, 3},
 		Unrelated:         20,
 		SteadyWindow:      time.Second,
+		MemoryIdle:        300 * time.Millisecond,
 		PushPullSizes:     []int{64 << 10},
 		PushPullReps:      1,
 		ServeSize:         64 << 10,
