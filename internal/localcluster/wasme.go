@@ -9,10 +9,6 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
-	authv1 "k8s.io/api/authentication/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"wasme.io/wasme/internal/nodecache"
@@ -37,7 +33,7 @@ func (c *Cluster) StartWasme(ctx context.Context, o WasmeOptions) error {
 		o.ResolveInterval = time.Hour
 	}
 	c.step("starting wasme operator and one wasme cache per node (in this process, with their ServiceAccounts' RBAC)")
-	opCfg, _, err := c.serviceAccountConfig(ctx, "wasme", "wasme-operator")
+	opCfg, _, err := c.Env.ServiceAccountConfig(ctx, "wasme", "wasme-operator")
 	if err != nil {
 		return err
 	}
@@ -68,7 +64,7 @@ func (c *Cluster) StartWasme(ctx context.Context, o WasmeOptions) error {
 		opLog.Close()
 	})
 
-	cacheCfg, token, err := c.serviceAccountConfig(ctx, "wasme", "wasme-cache")
+	cacheCfg, token, err := c.Env.ServiceAccountConfig(ctx, "wasme", "wasme-cache")
 	if err != nil {
 		return err
 	}
@@ -120,22 +116,4 @@ func (c *Cluster) StartWasme(ctx context.Context, o WasmeOptions) error {
 		n.CacheAddr = d.Addr()
 	}
 	return nil
-}
-
-// serviceAccountConfig is a rest.Config authenticating as a ServiceAccount with a token from
-// the TokenRequest API, valid for a day (the demo may be kept up for a while).
-func (c *Cluster) serviceAccountConfig(ctx context.Context, ns, name string) (*rest.Config, string, error) {
-	cs, err := kubernetes.NewForConfig(c.Env.Config)
-	if err != nil {
-		return nil, "", err
-	}
-	exp := int64(24 * 3600)
-	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name,
-		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
-	if err != nil {
-		return nil, "", fmt.Errorf("token for %s/%s: %w", ns, name, err)
-	}
-	cfg := rest.AnonymousClientConfig(c.Env.Config)
-	cfg.BearerToken = tr.Status.Token
-	return cfg, tr.Status.Token, nil
 }

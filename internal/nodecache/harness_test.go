@@ -17,10 +17,8 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	"github.com/prometheus/client_golang/prometheus"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	wasmev1 "wasme.io/wasme/api/v1"
@@ -134,15 +132,11 @@ func serviceAccountToken(t *testing.T, ns, name string) string {
 	if err := env.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}); err != nil {
 		t.Fatalf("creating ServiceAccount %s: %v", name, err)
 	}
-	cs, err := kubernetes.NewForConfig(env.Config)
+	_, token, err := env.ServiceAccountConfig(ctx, ns, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("requesting a token for %s: %v", name, err)
-	}
-	return tr.Status.Token
+	return token
 }
 
 // filterDeployment creates a FilterDeployment whose status names module, and deletes it when

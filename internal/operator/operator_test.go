@@ -16,15 +16,12 @@ import (
 
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
-	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/yaml"
@@ -116,7 +113,12 @@ func registryOptions(reg *registrytest.Registry) []wasmimage.Option {
 // startOperator runs an operator as its ServiceAccount until ctx ends or stop is called.
 func (cl *cluster) startOperator(ctx context.Context, resolveInterval time.Duration, imgOpts ...wasmimage.Option) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
-	cfg := cl.serviceAccountConfig("wasme", "wasme-operator")
+	// The operator's ServiceAccount: the shipped RBAC is what it gets, and a missing
+	// permission fails the test.
+	cfg, _, err := env.ServiceAccountConfig(ctx, "wasme", "wasme-operator")
+	if err != nil {
+		cl.t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() {
 		done <- operator.Run(ctx, cfg, operator.Options{
@@ -141,21 +143,6 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
-}
-
-// serviceAccountConfig authenticates as a ServiceAccount, so the shipped RBAC is what the
-// operator gets: a missing permission fails the test.
-func (cl *cluster) serviceAccountConfig(ns, name string) *rest.Config {
-	cs := kubernetes.NewForConfigOrDie(env.Config)
-	exp := int64(3600)
-	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(cl.ctx, name,
-		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
-	if err != nil {
-		cl.t.Fatal(err)
-	}
-	cfg := rest.AnonymousClientConfig(env.Config)
-	cfg.BearerToken = tr.Status.Token
-	return cfg
 }
 
 func (cl *cluster) ensureNamespace(name string) {
