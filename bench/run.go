@@ -85,7 +85,7 @@ func Quick() Config {
 		Apply:             []ApplyCase{{2, 1, 1}, {4, 2, 1}},
 		ColdRuns:          1,
 		Nodes:             2,
-		EgressNodes:       []int{2, 3},
+		EgressNodes:       []int{2},
 		Unrelated:         20,
 		SteadyWindow:      time.Second,
 		MemoryIdle:        300 * time.Millisecond,
