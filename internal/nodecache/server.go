@@ -2,6 +2,7 @@ package nodecache
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"net/http"
 	"strconv"
@@ -91,5 +92,13 @@ func (c *countingWriter) WriteHeader(code int) {
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.ResponseWriter.Write(p)
 	c.written += int64(n)
+	return n, err
+}
+
+// ReadFrom keeps net/http's sendfile path open: without it, wrapping the response writer
+// copies every module through a user-space buffer (0.6x nginx's rate in make bench).
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	n, err := io.Copy(c.ResponseWriter, r)
+	c.written += n
 	return n, err
 }
