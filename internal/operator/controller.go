@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -85,6 +86,7 @@ type FilterDeploymentReconciler struct {
 
 	// watchEnvoyFilters starts the EnvoyFilter watch; envoyFiltersWatched says it ran.
 	watchEnvoyFilters   func() error
+	watchMu             sync.Mutex
 	envoyFiltersWatched bool
 }
 
@@ -119,8 +121,11 @@ func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Named("filterdeployment").
 		// Failures back off from a quarter second to two minutes at most (not the default 16
 		// minutes), so a registry or API outage heals soon after it ends.
-		WithOptions(controller.Options{RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](
-			250*time.Millisecond, 2*time.Minute)}).
+		WithOptions(controller.Options{
+			RateLimiter: workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](250*time.Millisecond, 2*time.Minute),
+			// FilterDeployments are independent; the queue never hands one to two workers.
+			MaxConcurrentReconciles: 4,
+		}).
 		Build(r)
 	if err != nil {
 		return err

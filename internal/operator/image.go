@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -100,15 +101,22 @@ func (r *FilterDeploymentReconciler) fetch(ctx context.Context, ref, digest stri
 	if img, ok := r.images.get(digest); ok {
 		return img, nil
 	}
-	img, err := r.Images.Fetch(ctx, repository(ref)+"@"+digest, opts)
+	// Concurrent passes of FilterDeployments sharing an image pull it once.
+	v, err, _ := r.images.pulls.Do(digest, func() (any, error) {
+		img, err := r.Images.Fetch(ctx, repository(ref)+"@"+digest, opts)
+		if err != nil {
+			return nil, err
+		}
+		if img.ManifestDigest != digest {
+			return nil, fmt.Errorf("registry returned manifest %s for %s", img.ManifestDigest, digest)
+		}
+		r.images.put(digest, img)
+		return img, nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if img.ManifestDigest != digest {
-		return nil, fmt.Errorf("registry returned manifest %s for %s", img.ManifestDigest, digest)
-	}
-	r.images.put(digest, img)
-	return img, nil
+	return v.(*Image), nil
 }
 
 // validate runs the module once per (module, root id, config).
@@ -166,6 +174,7 @@ func (r *FilterDeploymentReconciler) pullOptions(ctx context.Context, fd *wasmev
 // imageCache remembers pulled images by manifest digest, validation results, and tag
 // resolutions, so steady-state passes neither pull nor run modules again.
 type imageCache struct {
+	pulls    singleflight.Group
 	mu       sync.Mutex
 	max      int
 	order    []string

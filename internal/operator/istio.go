@@ -32,12 +32,8 @@ func (r *FilterDeploymentReconciler) reconcileIstio(ctx context.Context, fd *was
 		}
 		return fmt.Errorf("looking up the EnvoyFilter API: %w", err)
 	}
-	if !r.envoyFiltersWatched && r.watchEnvoyFilters != nil {
-		// Reconciles run one at a time, so this needs no lock.
-		if err := r.watchEnvoyFilters(); err != nil {
-			return fmt.Errorf("watching EnvoyFilters: %w", err)
-		}
-		r.envoyFiltersWatched = true
+	if err := r.ensureEnvoyFilterWatch(); err != nil {
+		return err
 	}
 	spec := fd.Spec.Deployment.Istio
 	if spec.IstioVersion != "" {
@@ -78,4 +74,18 @@ func shape(fd *wasmev1.FilterDeployment) istio.Shape {
 		return istio.ShapeFor(istio.Current)
 	}
 	return istio.ShapeFor(v)
+}
+
+// ensureEnvoyFilterWatch starts the EnvoyFilter watch the first time the API is there.
+func (r *FilterDeploymentReconciler) ensureEnvoyFilterWatch() error {
+	r.watchMu.Lock()
+	defer r.watchMu.Unlock()
+	if r.envoyFiltersWatched || r.watchEnvoyFilters == nil {
+		return nil
+	}
+	if err := r.watchEnvoyFilters(); err != nil {
+		return fmt.Errorf("watching EnvoyFilters: %w", err)
+	}
+	r.envoyFiltersWatched = true
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -41,6 +42,9 @@ const (
 	// WorkloadAnnotation on an EnvoyFilter names the workload it serves ("Kind/name").
 	WorkloadAnnotation = "wasme.io/workload"
 )
+
+// workloadParallelism bounds the concurrent workload patches of one FilterDeployment.
+const workloadParallelism = 8
 
 // workload is one Deployment, DaemonSet or StatefulSet, reduced to what wasme needs.
 type workload struct {
@@ -135,22 +139,35 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 	statuses := map[string]wasmev1.WorkloadStatus{}
 	want := map[string]bool{}
 	var failed []string
+	var selected []workload
 	for _, w := range all {
-		if !selects(fd, w) {
-			continue
+		if selects(fd, w) {
+			selected = append(selected, w)
+			want[w.name+"-"+fd.FilterID()] = true
 		}
-		efName := w.name + "-" + fd.FilterID()
-		want[efName] = true
-		err := r.patchWorkload(ctx, w)
-		if err == nil {
-			err = r.applyEnvoyFilter(ctx, fd, istio.Filter{
-				Name: efName, Namespace: fd.Namespace, WorkloadLabels: w.templateLabels,
-				ID: fd.FilterID(), RootID: fd.Status.RootID,
-				ModuleSHA256: strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:"),
-				Config:       cfg, Context: ctxName, Shape: shape(fd), Owner: owner,
-			}, w)
-		}
-		if err != nil {
+	}
+	// Workloads are independent: apply them a few at a time, so a namespace of hundreds does
+	// not cost hundreds of sequential round trips.
+	errs := make([]error, len(selected))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(workloadParallelism)
+	for i, w := range selected {
+		g.Go(func() error {
+			errs[i] = r.patchWorkload(gctx, w)
+			if errs[i] == nil {
+				errs[i] = r.applyEnvoyFilter(gctx, fd, istio.Filter{
+					Name: w.name + "-" + fd.FilterID(), Namespace: fd.Namespace, WorkloadLabels: w.templateLabels,
+					ID: fd.FilterID(), RootID: fd.Status.RootID,
+					ModuleSHA256: strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:"),
+					Config:       cfg, Context: ctxName, Shape: shape(fd), Owner: owner,
+				}, w)
+			}
+			return nil
+		})
+	}
+	_ = g.Wait() // failures are per workload, in errs
+	for i, w := range selected {
+		if err := errs[i]; err != nil {
 			statuses[w.name] = wasmev1.WorkloadStatus{State: wasmev1.WorkloadFailed, Reason: err.Error()}
 			failed = append(failed, fmt.Sprintf("%s: %v", w.name, err))
 			continue
