@@ -129,8 +129,13 @@ func (r *FilterDeploymentReconciler) validate(ctx context.Context, img *Image, r
 	if res, ok := r.images.validated(key); ok {
 		return res.err
 	}
-	err := r.Validate(ctx, img.Module, rootID, config)
-	r.images.setValidated(key, err)
+	// One validation at a time per key: concurrent passes of FilterDeployments sharing a
+	// module would otherwise each compile it (make bench: peak RSS doubled).
+	_, err, _ := r.images.checksInFlight.Do(key, func() (any, error) {
+		err := r.Validate(ctx, img.Module, rootID, config)
+		r.images.setValidated(key, err)
+		return nil, err
+	})
 	return err
 }
 
@@ -174,13 +179,14 @@ func (r *FilterDeploymentReconciler) pullOptions(ctx context.Context, fd *wasmev
 // imageCache remembers pulled images by manifest digest, validation results, and tag
 // resolutions, so steady-state passes neither pull nor run modules again.
 type imageCache struct {
-	pulls    singleflight.Group
-	mu       sync.Mutex
-	max      int
-	order    []string
-	images   map[string]*Image
-	checks   map[string]error
-	resolves map[string]resolution
+	pulls          singleflight.Group
+	checksInFlight singleflight.Group
+	mu             sync.Mutex
+	max            int
+	order          []string
+	images         map[string]*Image
+	checks         map[string]error
+	resolves       map[string]resolution
 }
 
 type resolution struct {
