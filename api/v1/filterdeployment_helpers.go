@@ -1,6 +1,7 @@
 package v1
 
 import (
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -13,6 +14,30 @@ const (
 	BytesValueType  = "type.googleapis.com/google.protobuf.BytesValue"
 	StructType      = "type.googleapis.com/google.protobuf.Struct"
 )
+
+// ModuleDigestHex checks a module digest, "sha256:" and 64 lower-case hex characters (the
+// form of status.moduleDigest and of NodeCache modules), and returns the hex part: the module's
+// file name in the node cache.
+func ModuleDigestHex(digest string) (string, error) {
+	h, ok := strings.CutPrefix(digest, "sha256:")
+	if !ok || !IsSHA256Hex(h) {
+		return "", fmt.Errorf("malformed module digest %q: want sha256:<64 lower-case hex characters>", digest)
+	}
+	return h, nil
+}
+
+// IsSHA256Hex tells whether s is a sha256 in 64 lower-case hex characters.
+func IsSHA256Hex(s string) bool {
+	if len(s) != sha256.Size*2 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
 
 // FilterID is spec.filter.id, or "<name>.<namespace>" when unset.
 func (fd *FilterDeployment) FilterID() string {

@@ -66,3 +66,15 @@ func TestWorkloadKindAndPatchContext(t *testing.T) {
 		}
 	}
 }
+
+func TestModuleDigestHex(t *testing.T) {
+	hex := strings.Repeat("0a", 32)
+	if got, err := ModuleDigestHex("sha256:" + hex); err != nil || got != hex {
+		t.Errorf("ModuleDigestHex(valid) = %q, %v", got, err)
+	}
+	for _, bad := range []string{"", hex, "sha512:" + hex, "sha256:" + strings.ToUpper(hex), "sha256:" + hex[:62], "sha256:" + hex + "00", "sha256:../" + hex[3:]} {
+		if _, err := ModuleDigestHex(bad); err == nil {
+			t.Errorf("ModuleDigestHex(%q) accepted", bad)
+		}
+	}
+}

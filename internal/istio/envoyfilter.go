@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"regexp"
 	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -87,8 +86,6 @@ type Filter struct {
 	Owner *metav1.OwnerReference
 }
 
-var sha256HexRE = regexp.MustCompile(`^[a-f0-9]{64}$`)
-
 // ModulePath is where sidecars find a module on the node.
 func ModulePath(sha256Hex string) string { return wasmev1.CacheDir + "/" + sha256Hex }
 
@@ -99,7 +96,7 @@ func BuildEnvoyFilter(f Filter) (*networkingv1alpha3.EnvoyFilter, error) {
 	if f.ID == "" {
 		return nil, fmt.Errorf("the filter id is empty")
 	}
-	if !sha256HexRE.MatchString(f.ModuleSHA256) {
+	if !wasmev1.IsSHA256Hex(f.ModuleSHA256) {
 		return nil, fmt.Errorf("module digest %q is not a sha256 hex string", f.ModuleSHA256)
 	}
 	ctx, ok := apinetworking.EnvoyFilter_PatchContext_value[f.Context]

@@ -133,7 +133,7 @@ func New(opts Options) (*Server, error) {
 // Put stores a module the operator pulled, under its digest "sha256:<hex>". It refuses bytes
 // that do not hash to the digest and modules larger than the limits.
 func (s *Server) Put(digest string, data []byte) error {
-	hexDigest, err := ParseDigest(digest)
+	hexDigest, err := wasmev1.ModuleDigestHex(digest)
 	if err != nil {
 		return err
 	}
@@ -145,7 +145,7 @@ func (s *Server) Put(digest string, data []byte) error {
 
 // Has reports whether the store holds the module with digest "sha256:<hex>".
 func (s *Server) Has(digest string) bool {
-	hexDigest, err := ParseDigest(digest)
+	hexDigest, err := wasmev1.ModuleDigestHex(digest)
 	return err == nil && s.store.Has(hexDigest)
 }
 
@@ -200,7 +200,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) int {
 	if !ok {
 		return httpError(w, http.StatusNotFound, "not found: modules are served at "+PathPrefix+"<hex>")
 	}
-	if !isHexDigest(rest) {
+	if !wasmev1.IsSHA256Hex(rest) {
 		return httpError(w, http.StatusBadRequest, "malformed digest: want 64 lower-case hex characters")
 	}
 	if code, msg := s.authenticate(r); code != 0 {
@@ -334,27 +334,6 @@ func (s *Server) checkFetched(hexDigest string, data []byte) error {
 		return fmt.Errorf("fetched module has digest sha256:%s, not the sha256:%s its FilterDeployment names", got, hexDigest)
 	}
 	return nil
-}
-
-// ParseDigest checks a "sha256:<hex>" digest and returns its hex part.
-func ParseDigest(digest string) (string, error) {
-	h, ok := strings.CutPrefix(digest, "sha256:")
-	if !ok || !isHexDigest(h) {
-		return "", fmt.Errorf("malformed module digest %q: want sha256:<64 lower-case hex characters>", digest)
-	}
-	return h, nil
-}
-
-func isHexDigest(s string) bool {
-	if len(s) != sha256.Size*2 {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 func bearerToken(r *http.Request) (string, bool) {

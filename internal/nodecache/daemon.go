@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -357,7 +356,7 @@ func (d *Daemon) neededDigests(ctx context.Context) (map[string]bool, error) {
 			if digest == "" {
 				continue
 			}
-			h, err := parseDigest(digest)
+			h, err := wasmev1.ModuleDigestHex(digest)
 			if err != nil {
 				d.opts.Log.Info("ignoring a FilterDeployment's module digest", "filterDeployment", fd.Namespace+"/"+fd.Name, "reason", err.Error())
 				continue
@@ -644,12 +643,4 @@ func (d *Daemon) setReady(status metav1.ConditionStatus, reason, msg string) {
 	d.readyCond.Type = wasmev1.ReadyCondition
 	d.readyCond.Status, d.readyCond.Reason, d.readyCond.Message = status, reason, msg
 	d.kick(d.reportKick)
-}
-
-func parseDigest(digest string) (string, error) {
-	h, ok := strings.CutPrefix(digest, "sha256:")
-	if !ok || !isHexDigest(h) {
-		return "", fmt.Errorf("malformed module digest %q: want sha256:<64 lower-case hex characters>", digest)
-	}
-	return h, nil
 }

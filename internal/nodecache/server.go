@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	wasmev1 "wasme.io/wasme/api/v1"
 )
 
 // ServeHTTP serves the node's proxies and probes:
@@ -44,7 +46,7 @@ func (d *Daemon) serveModule(w http.ResponseWriter, r *http.Request) int {
 	if !ok {
 		h = strings.TrimPrefix(r.URL.Path, "/")
 	}
-	if !isHexDigest(h) {
+	if !wasmev1.IsSHA256Hex(h) {
 		http.Error(w, "malformed path: want /sha256/<64 lower-case hex characters> or /<64 lower-case hex characters>", http.StatusBadRequest)
 		return http.StatusBadRequest
 	}

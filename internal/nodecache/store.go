@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	wasmev1 "wasme.io/wasme/api/v1"
 )
 
 // tempPrefix marks files being written. They never carry a final name, so Envoy, which loads
@@ -84,7 +86,7 @@ func OpenStore(dir string) (*Store, scanResult, error) {
 				return nil, res, fmt.Errorf("removing the leftover temp file %s: %w", name, err)
 			}
 			res.tempRemoved++
-		case isHexDigest(name) && e.Type().IsRegular():
+		case wasmev1.IsSHA256Hex(name) && e.Type().IsRegular():
 			size, ok, err := verifyFile(path, name)
 			if err != nil {
 				return nil, res, err
@@ -247,16 +249,4 @@ func syncDir(dir string) error {
 		return fmt.Errorf("syncing the cache directory: %w", err)
 	}
 	return nil
-}
-
-func isHexDigest(s string) bool {
-	if len(s) != sha256.Size*2 {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
