@@ -28,13 +28,11 @@ import (
 
 	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
-	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -147,23 +145,15 @@ func (e *env) stop() {
 // serviceAccount returns a config and token of a shipped ServiceAccount, so the operator and
 // the daemons run with deploy/wasme.yaml's RBAC, as in a cluster.
 func (e *env) serviceAccount(ctx context.Context, ns, name string) (*rest.Config, string, error) {
-	cs, err := kubernetes.NewForConfig(e.kube.Config)
+	cfg, token, err := e.kube.ServiceAccountConfig(ctx, ns, name)
 	if err != nil {
 		return nil, "", err
 	}
-	exp := int64(24 * 3600)
-	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name,
-		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
-	if err != nil {
-		return nil, "", fmt.Errorf("token for %s/%s: %w", ns, name, err)
-	}
-	cfg := rest.AnonymousClientConfig(e.kube.Config)
-	cfg.BearerToken = tr.Status.Token
 	// As in the cluster: controller-runtime's GetConfig turns client-side throttling off (QPS
 	// -1) and relies on the API server's priority and fairness; client-go's default of 5 QPS
 	// would make the throttle the figure measured.
 	cfg.QPS = -1
-	return cfg, tr.Status.Token, nil
+	return cfg, token, nil
 }
 
 func (e *env) ensureNamespace(ctx context.Context, name string) error {
