@@ -38,9 +38,12 @@ build() {
   pkg=$(pkg_of "$tool")
   dir="$cache/$tool-$(key_of "$tool")"
   out="$dir/$tool"
+  mkdir -p "$dir"
+  # One build per pin at a time: parallel test runs that need the same tool wait for the first.
+  exec {lock}>"$dir.lock"
+  flock "$lock"
   if [ ! -x "$out" ]; then
     echo ">> building $tool (once per pin, a few minutes) into $dir" >&2
-    mkdir -p "$dir"
     local start=$SECONDS
     # Build to a temp name and rename, so an interrupted build never leaves a binary behind.
     (cd "$here/$tool" && go build -o "$out.tmp.$$" "$pkg") >&2
@@ -48,9 +51,10 @@ build() {
     echo ">> built $tool in $((SECONDS - start))s" >&2
     # Builds of older pins of this tool are dead weight (hundreds of MB for kube-apiserver).
     for old in "$cache/$tool"-*; do
-      [ "$old" = "$dir" ] || rm -rf "$old"
+      [ "$old" = "$dir" ] || [ "$old" = "$dir.lock" ] || rm -rf "$old"
     done
   fi
+  exec {lock}>&-
   echo "$out"
 }
 
