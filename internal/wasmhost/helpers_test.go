@@ -63,32 +63,16 @@ func newPlugin(t testing.TB, cfg PluginConfig) (*Plugin, *syncBuffer) {
 }
 
 // rawModule encodes a minimal WebAssembly module with no-argument functions: imports from
-// module "env", and one defined function exported under every name in exports.
+// module "env", one defined function exported under every name in exports, and a memory.
 func rawModule(imports, exports []string) []byte {
-	vec := func(items ...[]byte) []byte {
-		out := []byte{byte(len(items))}
-		for _, it := range items {
-			out = append(out, it...)
-		}
-		return out
-	}
-	name := func(s string) []byte { return append([]byte{byte(len(s))}, s...) }
-	section := func(id byte, body []byte) []byte { return append([]byte{id, byte(len(body))}, body...) }
-	m := []byte("\x00asm\x01\x00\x00\x00")
-	m = append(m, section(1, vec([]byte{0x60, 0, 0}))...)
-	var imps [][]byte
+	m := &wasmtest.Module{}
 	for _, im := range imports {
-		imps = append(imps, append(append(name("env"), name(im)...), 0, 0))
+		m.Import("env", im, nil, nil)
 	}
-	if len(imps) > 0 {
-		m = append(m, section(2, vec(imps...))...)
-	}
-	m = append(m, section(3, vec([]byte{0}))...)
-	var exps [][]byte
+	f := m.Func(nil, nil, 0)
 	for _, ex := range exports {
-		exps = append(exps, append(name(ex), 0, byte(len(imports))))
+		m.Export(ex, f)
 	}
-	m = append(m, section(7, vec(exps...))...)
-	m = append(m, section(10, vec([]byte{2, 0, 0x0b}))...)
-	return m
+	m.Memory(1, 1, "memory")
+	return m.Bytes()
 }

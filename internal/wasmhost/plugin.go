@@ -40,6 +40,9 @@ const (
 
 const wasmPageSize = 64 << 10
 
+// memoryExport is the name of the guest memory the ABI reads and writes.
+const memoryExport = "memory"
+
 // PluginConfig configures one filter, like an Envoy `envoy.filters.http.wasm` entry does.
 type PluginConfig struct {
 	// Module is the .wasm binary.
@@ -154,6 +157,12 @@ func NewPlugin(ctx context.Context, cfg PluginConfig) (*Plugin, error) {
 	if err := checkMagic(cfg.Module); err != nil {
 		return nil, err
 	}
+	// Before compiling: wazero would allocate a huge table at instantiation, or grow one
+	// without end.
+	code, err := capTables(cfg.Module)
+	if err != nil {
+		return nil, fmt.Errorf("wasmhost: %w", err)
+	}
 	pages := uint32(min(cfg.MemoryLimit/wasmPageSize, 65536))
 	rc := wazero.NewRuntimeConfig().
 		WithCloseOnContextDone(true).
@@ -174,7 +183,7 @@ func NewPlugin(ctx context.Context, cfg PluginConfig) (*Plugin, error) {
 	if err := p.instantiateEnv(ctx); err != nil {
 		return nil, fmt.Errorf("wasmhost: host functions: %w", err)
 	}
-	compiled, err := p.rt.CompileModule(ctx, cfg.Module)
+	compiled, err := p.rt.CompileModule(ctx, code)
 	if err != nil {
 		return nil, fmt.Errorf("wasmhost: compile: %w", err)
 	}
@@ -261,6 +270,11 @@ func (p *Plugin) checkModule() error {
 	if p.abi == "" {
 		return fmt.Errorf("wasmhost: not a proxy-wasm module: it exports none of %s", strings.Join(abiVersions, ", "))
 	}
+	// Every value crosses the ABI through the guest's memory, and Envoy looks it up by this
+	// name; without it the host could not pass a single header.
+	if _, ok := p.compiled.ExportedMemories()[memoryExport]; !ok {
+		return fmt.Errorf("wasmhost: not a proxy-wasm module: it exports no memory named %q, through which every host call passes its values", memoryExport)
+	}
 	var missing []string
 	for _, def := range p.compiled.ImportedFunctions() {
 		mod, name, _ := def.Import()
@@ -322,6 +336,11 @@ type instance struct {
 	tickNanos  atomic.Int64 // tickPeriod, readable without mu
 	nextTick   time.Time
 
+	// Pending proxy_on_queue_ready notifications; see notifyQueue.
+	queueMu        sync.Mutex
+	queuePending   map[uint32]bool
+	queueNotifying bool
+
 	starting bool     // inside start-up calls: keep the filter's complaints for the error
 	startLog []string // bounded
 }
@@ -379,8 +398,16 @@ func (p *Plugin) newInstance(ctx context.Context) (*instance, error) {
 		WithSysWalltime().
 		WithSysNanotime().
 		WithRandSource(rand.Reader)
-	mod, err := p.rt.InstantiateModule(ctx, p.compiled, mc)
+	// The Wasm start section runs inside InstantiateModule: bound it like the other start-up
+	// calls (the runtime closes the module when the context ends).
+	ictx, cancel := context.WithTimeout(ctx, p.cfg.StartTimeout)
+	defer cancel()
+	mod, err := p.rt.InstantiateModule(ictx, p.compiled, mc)
 	if err != nil {
+		var exit *sys.ExitError
+		if errors.Is(ictx.Err(), context.DeadlineExceeded) || (errors.As(err, &exit) && exit.ExitCode() == sys.ExitCodeDeadlineExceeded) {
+			return nil, fmt.Errorf("wasmhost: instantiate: the module's start function did not return within %v (the start-up time limit); the instance was stopped", p.cfg.StartTimeout)
+		}
 		return nil, fmt.Errorf("wasmhost: instantiate: %w", err)
 	}
 	in.mod = mod
@@ -499,7 +526,7 @@ func (in *instance) call(ctx context.Context, timeout time.Duration, name string
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	cctx = context.WithValue(cctx, instanceKey{}, in)
-	res, err := f.Call(cctx, args...)
+	res, err := guard(func() ([]uint64, error) { return f.Call(cctx, args...) })
 	if err != nil {
 		err = in.describe(name, timeout, cctx, err)
 		in.fail(err)
@@ -511,7 +538,25 @@ func (in *instance) call(ctx context.Context, timeout time.Duration, name string
 	return res[0], nil
 }
 
+// guard turns a panic escaping a guest call into an error. wazero recovers panics of host
+// functions itself; this catches the rest (a host bug must cost one instance, not the process).
+func guard(f func() ([]uint64, error)) (res []uint64, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			if le, ok := r.(*LimitError); ok {
+				err = le
+				return
+			}
+			err = fmt.Errorf("host panic: %v", r)
+		}
+	}()
+	return f()
+}
+
 func (in *instance) describe(name string, timeout time.Duration, cctx context.Context, err error) error {
+	if le, ok := AsLimitError(err); ok {
+		return fmt.Errorf("wasmhost: %s: %w", name, le)
+	}
 	var exit *sys.ExitError
 	if errors.As(err, &exit) {
 		switch {
@@ -532,7 +577,9 @@ func (in *instance) describe(name string, timeout time.Duration, cctx context.Co
 // nearMemoryLimit tells an allocation failure from other exits: within 8 MiB of the cap, the
 // guest most likely failed to grow its memory.
 func (in *instance) nearMemoryLimit() bool {
-	mem := in.mod.Memory()
+	// ExportedMemory returns an untyped nil when there is none; Memory() would return a typed
+	// nil that passes a nil check (checkModule refuses such modules, but stay safe).
+	mem := in.mod.ExportedMemory(memoryExport)
 	if mem == nil {
 		return false
 	}
@@ -640,6 +687,13 @@ func (in *instance) setTick(period time.Duration) {
 // with a stream is ticked when it is free again, as a busy Envoy worker would.
 func (p *Plugin) tickLoop() {
 	defer close(p.tickDone)
+	defer func() {
+		// call() already turns guest failures into errors; anything else is a host bug that
+		// must stop the ticks, not the process.
+		if r := recover(); r != nil {
+			p.log.Error("tick loop stopped by a panic", "panic", fmt.Sprint(r))
+		}
+	}()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {

@@ -3,6 +3,7 @@ package wasmhost
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 )
 
@@ -12,9 +13,14 @@ type vmShared struct {
 	key  string
 	refs int
 
-	mu   sync.Mutex
-	data map[string]sharedValue
-	cas  uint32
+	mu        sync.Mutex
+	data      map[string]sharedValue
+	dataBytes int // keys, values and entryOverhead, against MaxSharedDataBytes
+	cas       uint32
+
+	// Under hub's lock: the queues of this VM id, and the bytes waiting in them.
+	queues     int
+	queueBytes int
 }
 
 type sharedValue struct {
@@ -23,7 +29,7 @@ type sharedValue struct {
 }
 
 type queue struct {
-	vm    string
+	vm    *vmShared
 	name  string
 	items [][]byte
 	owner *instance // receives proxy_on_queue_ready on its root context
@@ -37,9 +43,6 @@ var hub = struct {
 	byName    map[[2]string]uint32
 	nextQueue uint32
 }{vms: map[string]*vmShared{}, queues: map[uint32]*queue{}, byName: map[[2]string]uint32{}}
-
-// maxQueueItems bounds a queue nobody drains; enqueue beyond it fails.
-const maxQueueItems = 10000
 
 func acquireShared(vmID string, p *Plugin) *vmShared {
 	key := vmID
@@ -67,9 +70,9 @@ func releaseShared(s *vmShared) {
 	}
 	delete(hub.vms, s.key)
 	for id, q := range hub.queues {
-		if q.vm == s.key {
+		if q.vm == s {
 			delete(hub.queues, id)
-			delete(hub.byName, [2]string{q.vm, q.name})
+			delete(hub.byName, [2]string{s.key, q.name})
 		}
 	}
 }
@@ -88,6 +91,17 @@ func (s *vmShared) set(key string, v []byte, cas uint32) Status {
 	if cas != 0 && (!ok || cur.cas != cas) {
 		return StatusCasMismatch
 	}
+	grown := len(v) - len(cur.v)
+	if !ok {
+		grown = len(key) + len(v) + entryOverhead
+	}
+	if s.dataBytes+grown > MaxSharedDataBytes {
+		s.mu.Unlock() // breakLimit panics; leave the lock usable for the other plugins
+		defer s.mu.Lock()
+		breakLimit(fmt.Sprintf("shared data (%d MiB per VM)", MaxSharedDataBytes>>20),
+			"proxy_set_shared_data of %d bytes under a %d-byte key, with %d bytes held already", len(v), len(key), s.dataBytes)
+	}
+	s.dataBytes += grown
 	s.cas++
 	if s.cas == 0 { // 0 means "no CAS" to the guest, never hand it out
 		s.cas++
@@ -104,9 +118,15 @@ func registerQueue(s *vmShared, name string, owner *instance) uint32 {
 		hub.queues[id].owner = owner
 		return id
 	}
+	if s.queues >= MaxQueues {
+		hub.Unlock()
+		defer hub.Lock()
+		breakLimit(fmt.Sprintf("shared queues (%d per VM)", MaxQueues), "proxy_register_shared_queue of a new queue with %d registered", s.queues)
+	}
+	s.queues++
 	hub.nextQueue++
 	id := hub.nextQueue
-	hub.queues[id] = &queue{vm: s.key, name: name, owner: owner}
+	hub.queues[id] = &queue{vm: s, name: name, owner: owner}
 	hub.byName[k] = id
 	return id
 }
@@ -125,17 +145,21 @@ func enqueue(id uint32, v []byte) Status {
 		hub.Unlock()
 		return StatusNotFound
 	}
-	if len(q.items) >= maxQueueItems {
+	switch {
+	case len(q.items) >= MaxQueueItems:
 		hub.Unlock()
-		return StatusInternalFailure
+		breakLimit(fmt.Sprintf("shared queue length (%d items)", MaxQueueItems), "proxy_enqueue_shared_queue on a queue holding %d items", len(q.items))
+	case q.vm.queueBytes+len(v) > MaxQueueBytes:
+		held := q.vm.queueBytes
+		hub.Unlock()
+		breakLimit(fmt.Sprintf("shared queue bytes (%d MiB per VM)", MaxQueueBytes>>20), "proxy_enqueue_shared_queue of %d bytes with %d bytes waiting", len(v), held)
 	}
 	q.items = append(q.items, v)
+	q.vm.queueBytes += len(v)
 	owner := q.owner
 	hub.Unlock()
 	if owner != nil && owner.exported("proxy_on_queue_ready") {
-		// The owner may be the very instance making this call, which holds its lock: notify
-		// from another goroutine once it is free.
-		go owner.queueReady(id)
+		owner.notifyQueue(id)
 	}
 	return StatusOK
 }
@@ -153,7 +177,56 @@ func dequeue(id uint32) ([]byte, Status) {
 	v := q.items[0]
 	q.items[0] = nil
 	q.items = q.items[1:]
+	q.vm.queueBytes -= len(v)
 	return v, StatusOK
+}
+
+// notifyQueue schedules proxy_on_queue_ready(id) on the owner. The owner may be the very
+// instance making the enqueue, which holds its lock, so the call happens on another goroutine
+// once it is free: one goroutine per owner at a time, however many items are enqueued, with
+// each queue notified once per drain of the pending set (Envoy too coalesces notifications
+// into one per dispatcher turn).
+func (in *instance) notifyQueue(id uint32) {
+	in.queueMu.Lock()
+	defer in.queueMu.Unlock()
+	if in.queuePending == nil {
+		in.queuePending = map[uint32]bool{}
+	}
+	in.queuePending[id] = true
+	if in.queueNotifying {
+		return
+	}
+	in.queueNotifying = true
+	go in.drainQueueNotifications()
+}
+
+func (in *instance) drainQueueNotifications() {
+	defer func() {
+		if r := recover(); r != nil {
+			in.p.log.Error("queue notifications stopped by a panic", "panic", fmt.Sprint(r))
+			in.queueMu.Lock()
+			in.queueNotifying = false
+			in.queueMu.Unlock()
+		}
+	}()
+	for {
+		in.queueMu.Lock()
+		if len(in.queuePending) == 0 {
+			in.queueNotifying = false
+			in.queueMu.Unlock()
+			return
+		}
+		ids := make([]uint32, 0, len(in.queuePending))
+		for id := range in.queuePending {
+			ids = append(ids, id)
+		}
+		clear(in.queuePending)
+		in.queueMu.Unlock()
+		slices.Sort(ids)
+		for _, id := range ids {
+			in.queueReady(id)
+		}
+	}
 }
 
 func (in *instance) queueReady(id uint32) {
@@ -200,6 +273,11 @@ func (m *metricSet) define(kind uint32, name string) (uint32, Status) {
 	defer m.mu.Unlock()
 	if id, ok := m.byName[name]; ok {
 		return id, StatusOK
+	}
+	if len(m.all) >= MaxMetrics {
+		m.mu.Unlock()
+		defer m.mu.Lock()
+		breakLimit(fmt.Sprintf("metrics (%d per plugin)", MaxMetrics), "proxy_define_metric of a new metric with %d defined", len(m.all))
 	}
 	if m.byName == nil {
 		m.byName = map[string]uint32{}
