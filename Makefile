@@ -59,8 +59,8 @@ verify: generate manifests build-installer tidy fmt vet ## Regenerate everything
 		echo "make verify: the tree is not clean after regeneration:"; git status --porcelain; git --no-pager diff --stat; exit 1; fi
 
 .PHONY: tools
-tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, controller-gen, kustomize) into the tool cache.
-	hack/tools/build.sh etcd kube-apiserver istiod controller-gen kustomize >/dev/null
+tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, registry, controller-gen, kustomize) into the tool cache.
+	hack/tools/build.sh etcd kube-apiserver istiod registry controller-gen kustomize >/dev/null
 
 ##@ Build and test
 
@@ -70,10 +70,11 @@ build: ## Build bin/wasme.
 
 .PHONY: test
 test: ## Run every test against a real kube-apiserver and etcd (test/e2e also against a real istiod).
-	@assets=$$(hack/tools/build.sh --assets) && istiod=$$(hack/tools/build.sh istiod) && \
-	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod" && \
-	  KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod go test $(GO_TEST_FLAGS) ./...
-	cd test/interop/istio && go test $(GO_TEST_FLAGS) ./...
+	@assets=$$(hack/tools/build.sh --assets) && istiod=$$(hack/tools/build.sh istiod) && registry=$$(hack/tools/build.sh registry) && \
+	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry" && \
+	  export KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry && \
+	  go test $(GO_TEST_FLAGS) ./... && \
+	  cd test/interop/istio && go test $(GO_TEST_FLAGS) ./...
 
 FUZZTIME ?= 10s
 .PHONY: fuzz
@@ -94,10 +95,9 @@ bench: build ## Run the benchmarks (docs/performance.md): print the table, write
 	    echo ">> installing Debian's nginx for row 5"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
 	  else echo ">> nginx is missing: row 5 runs without its comparison (apt-get install nginx)"; fi; fi
-	@command -v $${WASME_TEST_REGISTRY:-/usr/bin/docker-registry} >/dev/null || { echo ">> docker-registry is missing: apt-get install docker-registry"; exit 1; }
-	@assets=$$(hack/tools/build.sh --assets) && hack/tools/build.sh oras >/dev/null && \
-	  echo ">> KUBEBUILDER_ASSETS=$$assets; compiling bench/cmd/wasme-bench" && \
-	  KUBEBUILDER_ASSETS=$$assets go run ./bench/cmd/wasme-bench -wasme bin/wasme $(if $(ROWS),-rows $(ROWS))
+	@assets=$$(hack/tools/build.sh --assets) && registry=$$(hack/tools/build.sh registry) && hack/tools/build.sh oras >/dev/null && \
+	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_TEST_REGISTRY=$$registry; compiling bench/cmd/wasme-bench" && \
+	  KUBEBUILDER_ASSETS=$$assets WASME_TEST_REGISTRY=$$registry go run ./bench/cmd/wasme-bench -wasme bin/wasme $(if $(ROWS),-rows $(ROWS))
 
 .PHONY: clean
 clean: ## Remove build output (the tool cache stays).

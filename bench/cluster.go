@@ -250,7 +250,7 @@ func (c *clusterRows) coldRows(ctx context.Context) error {
 			Comparison: fmt.Sprintf("original wasme: %d pulls, ~%s (one per node); Istio WasmPlugin: one pull per pod (by construction)",
 				nodes, kib(float64(nodes)*float64(bytes))),
 			Ratio: fmt.Sprintf("%.0fx fewer bytes than per-node", float64(nodes)*float64(bytes)/float64(max(bytes, 1))),
-			Note: fmt.Sprintf("counted at a reverse proxy in front of docker-registry; requests %s; module %s; the nodes then read %s from the operator's module server (%.1f module copies)",
+			Note: fmt.Sprintf("counted at a reverse proxy in front of the registry; requests %s; module %s; the nodes then read %s from the operator's module server (%.1f module copies)",
 				jsonString(reqs), kib(float64(size)), kib(float64(nodeBytes)), float64(nodeBytes)/float64(size)),
 			Values: map[string]any{"nodes": nodes, "requests": reqs, "requests_total": total, "registry_bytes": bytes, "module_bytes": size, "node_fetch_bytes": nodeBytes},
 		}

@@ -1,5 +1,5 @@
 // Package bench measures how fast and how cheaply wasme puts a filter on every workload, on
-// real parts: a real kube-apiserver and etcd (envtest), Debian's docker-registry, wasme's
+// real parts: a real kube-apiserver and etcd (envtest), the CNCF distribution registry (a pinned build), wasme's
 // operator and node cache daemons, the oras CLI and nginx. Run measures every row of the
 // table; `make bench` runs it at full size through cmd/wasme-bench, and bench_test.go runs
 // every row at a tiny size in `make test` so the benchmarks cannot rot.
@@ -19,7 +19,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -44,6 +43,7 @@ import (
 	"wasme.io/wasme/internal/nodecache"
 	"wasme.io/wasme/internal/operator"
 	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -53,7 +53,7 @@ type env struct {
 	dir      string
 	kube     *testenv.Env
 	admin    client.WithWatch
-	registry *registry
+	registry *registry.Registry
 	proxy    *countingProxy
 	module   []byte // custom-header, built from examples/filters
 	progress io.Writer
@@ -116,11 +116,11 @@ func startEnv(ctx context.Context, dir string, module []byte, progress io.Writer
 		return e, err
 	}
 
-	e.step("starting docker-registry (plain HTTP on loopback) behind a counting proxy")
-	if e.registry, err = startRegistry(filepath.Join(dir, "registry")); err != nil {
+	e.step("starting the distribution registry (plain HTTP on loopback) behind a counting proxy")
+	if e.registry, err = registry.Start(ctx, registry.Options{Dir: filepath.Join(dir, "registry"), Progress: progress}); err != nil {
 		return e, err
 	}
-	if e.proxy, err = newCountingProxy(e.registry.host); err != nil {
+	if e.proxy, err = newCountingProxy(e.registry.Host); err != nil {
 		return e, err
 	}
 	return e, nil
@@ -135,7 +135,7 @@ func (e *env) stop() {
 		e.proxy.close()
 	}
 	if e.registry != nil {
-		e.registry.stop()
+		e.registry.Stop()
 	}
 	if e.kube != nil {
 		_ = e.kube.Stop()
@@ -351,7 +351,7 @@ func (e *env) poll(ctx context.Context, timeout time.Duration, what string, cond
 // pushModule pushes module straight to the registry (not through the counting proxy) and
 // returns its reference as seen through the proxy, which is what FilterDeployments name.
 func (e *env) pushModule(ctx context.Context, repoTag string, module []byte) (string, error) {
-	if _, err := wasmimage.Push(ctx, e.registry.host+"/"+repoTag, module,
+	if _, err := wasmimage.Push(ctx, e.registry.Host+"/"+repoTag, module,
 		wasmimage.RuntimeConfig{RootIDs: []string{"add_header"}}, wasmimage.WithPlainHTTP(true)); err != nil {
 		return "", err
 	}
@@ -529,70 +529,6 @@ func (e *env) deleteAndWait(ctx context.Context, fds []*wasmev1.FilterDeployment
 		}
 		return true, nil
 	})
-}
-
-// registry is Debian's docker-registry (the CNCF distribution server) on loopback.
-type registry struct {
-	host string
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  string
-}
-
-// registryBinary is the server the image tests use too (internal/registrytest).
-func registryBinary() string {
-	if b := os.Getenv("WASME_TEST_REGISTRY"); b != "" {
-		return b
-	}
-	return "/usr/bin/docker-registry"
-}
-
-func startRegistry(dir string) (*registry, error) {
-	bin := registryBinary()
-	if _, err := os.Stat(bin); err != nil {
-		return nil, fmt.Errorf("%s not found (apt-get install docker-registry): %w", bin, err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	var lastErr error
-	// A port picked by the kernel may be taken before the registry binds it: retry.
-	for attempt := 0; attempt < 5; attempt++ {
-		host, err := freeAddr()
-		if err != nil {
-			return nil, err
-		}
-		cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n  secret: %s\n",
-			filepath.Join(dir, "data"), host, randomHex())
-		cfgFile := filepath.Join(dir, "config.yml")
-		if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-			return nil, err
-		}
-		r := &registry{host: host, done: make(chan struct{}), log: filepath.Join(dir, "registry.log")}
-		logf, err := os.Create(r.log)
-		if err != nil {
-			return nil, err
-		}
-		r.cmd = exec.Command(bin, "serve", cfgFile)
-		r.cmd.Stdout, r.cmd.Stderr = logf, logf
-		if err := r.cmd.Start(); err != nil {
-			logf.Close()
-			return nil, err
-		}
-		go func() { _ = r.cmd.Wait(); logf.Close(); close(r.done) }()
-		if lastErr = waitHTTP("http://"+host+"/v2/", r.done, 15*time.Second); lastErr == nil {
-			return r, nil
-		}
-		r.stop()
-	}
-	return nil, fmt.Errorf("docker-registry did not start: %w", lastErr)
-}
-
-func (r *registry) stop() {
-	if r.cmd.Process != nil {
-		_ = r.cmd.Process.Kill()
-	}
-	<-r.done
 }
 
 // waitHTTP waits until url answers (any status), or the process behind it exits.

@@ -126,7 +126,7 @@ func commandVersion(name string, args ...string) string {
 		return "unavailable"
 	}
 	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-	// Some tools print their own path first (docker-registry does); keep the version only.
+	// Some tools print their own path first (some registries do); keep the version only.
 	if fields := strings.Fields(line); len(fields) > 1 && strings.HasPrefix(fields[0], "/") {
 		line = strings.Join(fields[1:], " ")
 	}

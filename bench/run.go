@@ -199,13 +199,12 @@ func sortRows(rows []Row) {
 // versions of everything measured, read from the tools themselves or their pins.
 func versions() map[string]string {
 	v := map[string]string{
-		"go":              strings.TrimPrefix(commandVersion("go", "env", "GOVERSION"), "go"),
-		"docker-registry": commandVersion(registryBinary(), "--version"),
-		"nginx":           commandVersion("nginx", "-v"),
-		"wasme":           commandVersion("git", "-C", testenv.RepoRoot(), "describe", "--always", "--dirty"),
+		"go":    strings.TrimPrefix(commandVersion("go", "env", "GOVERSION"), "go"),
+		"nginx": commandVersion("nginx", "-v"),
+		"wasme": commandVersion("git", "-C", testenv.RepoRoot(), "describe", "--always", "--dirty"),
 	}
 	// The pinned tools' versions are their modules' in hack/tools.
-	for tool, mod := range map[string]string{"etcd": "go.etcd.io/etcd/server/v3", "kube-apiserver": "k8s.io/kubernetes", "oras": "oras.land/oras", "istio": "istio.io/istio"} {
+	for tool, mod := range map[string]string{"etcd": "go.etcd.io/etcd/server/v3", "kube-apiserver": "k8s.io/kubernetes", "oras": "oras.land/oras", "istio": "istio.io/istio", "registry": "github.com/distribution/distribution/v3"} {
 		dir := tool
 		if tool == "istio" {
 			dir = "istiod"

@@ -23,6 +23,7 @@ import (
 
 	"wasme.io/wasme/internal/registrytest"
 	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/internal/wasmhost"
 )
 
@@ -77,11 +78,11 @@ func pushPullRows(ctx context.Context, cfg Config, dir string) ([]Row, error) {
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return nil, err
 	}
-	reg, err := startRegistry(filepath.Join(work, "registry"))
+	reg, err := registry.Start(ctx, registry.Options{Dir: filepath.Join(work, "registry"), Progress: cfg.Progress})
 	if err != nil {
 		return nil, err
 	}
-	defer reg.stop()
+	defer reg.Stop()
 	// No credentials of the machine's user may take part.
 	home := filepath.Join(work, "home")
 	_ = os.MkdirAll(home, 0o700)
@@ -119,8 +120,8 @@ func pushPullRows(ctx context.Context, cfg Config, dir string) ([]Row, error) {
 			if err := os.WriteFile(file, paddedModule(size), 0o644); err != nil {
 				return nil, err
 			}
-			wRef := reg.host + "/bench/wasme:" + tag
-			oRef := reg.host + "/bench/oras:" + tag
+			wRef := reg.Host + "/bench/wasme:" + tag
+			oRef := reg.Host + "/bench/oras:" + tag
 			store := filepath.Join(work, "store-"+tag)
 			// Into wasme's local store first (not timed): wasme push pushes from there.
 			if _, err := timed(ctx, work, env, cfg.Wasme, "build", "precompiled", file, "-t", wRef, "--root-id", "add_header", "--store", store); err != nil {
@@ -172,7 +173,7 @@ func pushPullRows(ctx context.Context, cfg Config, dir string) ([]Row, error) {
 			wasmeCommand string
 		}{{"push", wPush, oPush, "wasme push"}, {"pull", wPull, oPull, "wasme pull"}} {
 			w, o := summarize(op.wasme), summarize(op.peer)
-			note := "wall time of each CLI process (start-up included), plain HTTP to docker-registry on loopback"
+			note := "wall time of each CLI process (start-up included), plain HTTP to the distribution registry on loopback"
 			if op.name == "pull" {
 				note += "; wasme pull also verifies the digest and compiles the module to check the proxy-wasm ABI before storing it, oras only writes the files"
 			}

@@ -1,5 +1,5 @@
 // Command demo is `make demo`: the seed article's walkthrough on wasme's local control plane
-// (internal/localcluster: kube-apiserver, etcd, istiod, docker-registry, wasme operator and
+// (internal/localcluster: kube-apiserver, etcd, istiod, the distribution registry, wasme operator and
 // node cache, all on 127.0.0.1, and a test proxy standing in for the details-v1 sidecar).
 //
 //	go run ./hack/demo          # run it, print each step, stop everything, exit 0

@@ -6,7 +6,7 @@
 #   hack/tools/build.sh --istio-dir  print the source dir of the pinned istio.io/istio module
 #
 # TOOL is a folder of hack/tools with its own go.mod (etcd, kube-apiserver, controller-gen, kustomize,
-# istiod, oras). A build is keyed by the hash of that folder's go.mod, go.sum and Go files and
+# istiod, oras, crane, registry). A build is keyed by the hash of that folder's go.mod, go.sum and Go files and
 # kept in $WASME_TOOLS_CACHE (default: $XDG_CACHE_HOME/wasme-tools or ~/.cache/wasme-tools), so
 # later runs on the same machine reuse it and a change of pin rebuilds it. Progress goes to stderr.
 set -euo pipefail
@@ -25,7 +25,8 @@ pkg_of() {
     oras) echo oras.land/oras/cmd/oras ;;
     crane) echo github.com/google/go-containerregistry/cmd/crane ;;
     kustomize) echo sigs.k8s.io/kustomize/kustomize/v5 ;;
-    *) echo "build.sh: unknown tool $1 (known: etcd kube-apiserver controller-gen kustomize istiod oras crane)" >&2; return 1 ;;
+    registry) echo github.com/distribution/distribution/v3/cmd/registry ;;
+    *) echo "build.sh: unknown tool $1 (known: etcd kube-apiserver controller-gen kustomize istiod oras crane registry)" >&2; return 1 ;;
   esac
 }
 

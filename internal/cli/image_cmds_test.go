@@ -12,6 +12,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -59,7 +60,7 @@ func mustRun(t *testing.T, args ...string) string {
 // standard toolchain, list it, log in, push in every layout, pull each back.
 func TestInitBuildPushPull(t *testing.T) {
 	home := isolate(t)
-	reg := registrytest.Start(t, registrytest.Options{Users: map[string]string{"dev": "pa55"}, TLS: true})
+	reg := registry.StartT(t, registry.Options{Users: map[string]string{"dev": "pa55"}, TLS: true})
 	proj := filepath.Join(t.TempDir(), "my-filter")
 	mustRun(t, "init", proj, "--language", "go")
 	if _, err := os.Stat(filepath.Join(proj, "go.mod")); err != nil {
@@ -112,8 +113,8 @@ func TestInitBuildPushPull(t *testing.T) {
 
 func TestImageCommandsRejectBadInput(t *testing.T) {
 	isolate(t)
-	reg := registrytest.Start(t, registrytest.Options{Users: map[string]string{"dev": "pa55"}})
-	down := registrytest.Start(t, registrytest.Options{})
+	reg := registry.StartT(t, registry.Options{Users: map[string]string{"dev": "pa55"}})
+	down := registry.StartT(t, registry.Options{})
 	down.Stop()
 	store := t.TempDir()
 	tiny := filepath.Join(t.TempDir(), "tiny.wasm")
@@ -223,7 +224,7 @@ func TestInitTemplateMatchesExample(t *testing.T) {
 // wasme credentials are given, and wasme login keeps the other servers of its file.
 func TestCredentialSources(t *testing.T) {
 	home := isolate(t)
-	reg := registrytest.Start(t, registrytest.Options{Users: map[string]string{"dev": "pa55"}})
+	reg := registry.StartT(t, registry.Options{Users: map[string]string{"dev": "pa55"}})
 	tiny := filepath.Join(t.TempDir(), "tiny.wasm")
 	if err := os.WriteFile(tiny, registrytest.TinyModule("proxy_abi_version_0_2_1"), 0o644); err != nil {
 		t.Fatal(err)

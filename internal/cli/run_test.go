@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/internal/wasmhost"
 	"wasme.io/wasme/internal/wasmhost/wasmtest"
 	"wasme.io/wasme/pkg/wasmimage"
@@ -128,7 +128,7 @@ func TestRunCustomHeader(t *testing.T) {
 
 // TestRunImage pulls the filter from a real registry; the image's root id is the default.
 func TestRunImage(t *testing.T) {
-	reg := registrytest.Start(t, registrytest.Options{})
+	reg := registry.StartT(t, registry.Options{})
 	ref := reg.Host + "/filters/custom-header:v0.1"
 	_, err := wasmimage.Push(context.Background(), ref, wasmtest.Example(t, "custom-header"),
 		wasmimage.RuntimeConfig{RootIDs: []string{"add_header"}}, wasmimage.WithPlainHTTP(true))

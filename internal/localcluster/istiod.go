@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"wasme.io/wasme/internal/testing/proc"
 )
 
 // Istiod is a running pilot-discovery.
@@ -21,7 +23,7 @@ type Istiod struct {
 	// LogFile is where its output goes.
 	LogFile string
 
-	proc *process
+	proc *proc.Process
 }
 
 // istiodEnv turns off what needs a real cluster around istiod, so it runs as a plain process
@@ -58,7 +60,7 @@ func startIstiod(ctx context.Context, bin, dir, kubeconfig, version string) (*Is
 	for attempt := 0; attempt < 3; attempt++ {
 		var addrs [3]string
 		for i := range addrs {
-			a, err := freeAddr()
+			a, err := proc.FreeAddr()
 			if err != nil {
 				return nil, err
 			}
@@ -91,15 +93,15 @@ func startIstiod(ctx context.Context, bin, dir, kubeconfig, version string) (*Is
 			"--shutdownDuration", "1s",
 			"--log_output_level", "default:info",
 		}
-		p, err := startProcess("istiod", bin, args, istiodEnv(kubeconfig), dir, filepath.Join(dir, "istiod.log"))
+		p, err := proc.Start("istiod", bin, args, filepath.Join(dir, "istiod.log"), proc.Options{Dir: dir, Env: istiodEnv(kubeconfig)})
 		if err != nil {
 			return nil, err
 		}
-		lastErr = waitHTTP(ctx, p, &http.Client{Timeout: 2 * time.Second}, "http://"+httpAddr+"/ready", 3*time.Minute)
+		lastErr = p.WaitHTTP(ctx, &http.Client{Timeout: 2 * time.Second}, "http://"+httpAddr+"/ready", 3*time.Minute, nil)
 		if lastErr == nil {
-			return &Istiod{XDSAddr: grpcAddr, HTTPAddr: httpAddr, Version: version, LogFile: p.logPath, proc: p}, nil
+			return &Istiod{XDSAddr: grpcAddr, HTTPAddr: httpAddr, Version: version, LogFile: p.LogPath, proc: p}, nil
 		}
-		p.stop()
+		p.Stop()
 		if !strings.Contains(lastErr.Error(), "address already in use") {
 			break
 		}
@@ -110,9 +112,9 @@ func startIstiod(ctx context.Context, bin, dir, kubeconfig, version string) (*Is
 // Stop stops istiod.
 func (i *Istiod) Stop() {
 	if i != nil {
-		i.proc.stop()
+		i.proc.Stop()
 	}
 }
 
 // LogTail is the end of istiod's log, for failure messages.
-func (i *Istiod) LogTail(lines int) string { return i.proc.logTail(lines) }
+func (i *Istiod) LogTail(lines int) string { return i.proc.LogTail(lines) }

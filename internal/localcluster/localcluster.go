@@ -1,6 +1,6 @@
 // Package localcluster runs wasme's local control plane, all on 127.0.0.1: a real etcd and
 // kube-apiserver (envtest's control plane) with the Istio CRDs and wasme's CRDs, a real istiod
-// (pilot-discovery serving plaintext xDS), Debian's docker-registry over TLS, wasme's install
+// (pilot-discovery serving plaintext xDS), the CNCF distribution registry over TLS, wasme's install
 // objects, and simulated nodes. No kubelet runs: the harness plays kubelet for the pods of
 // Deployments and DaemonSets (status Running and Ready, pod IPs on loopback) so istiod sees the
 // workloads. The e2e test and `make demo` share it; StartWasme adds the operator and one node
@@ -26,6 +26,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/tools"
 	"wasme.io/wasme/internal/wasmhost"
 )
 
@@ -51,7 +53,7 @@ type Cluster struct {
 	// Istiod is the running istiod.
 	Istiod *Istiod
 	// Registry is the running OCI registry.
-	Registry *Registry
+	Registry *registry.Registry
 	// Nodes are the simulated nodes.
 	Nodes []*Node
 	// Dir is the working directory (see Options.Dir).
@@ -147,13 +149,13 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 
 	c.step("starting istiod " + version + " (pilot-discovery, plaintext xDS on 127.0.0.1)")
-	if c.Istiod, err = startIstiod(ctx, os.Getenv(IstiodEnv), filepath.Join(c.Dir, "istiod"), c.Kubeconfig, version); err != nil {
+	if c.Istiod, err = startIstiod(ctx, os.Getenv(tools.IstiodEnv), filepath.Join(c.Dir, "istiod"), c.Kubeconfig, version); err != nil {
 		return c, err
 	}
 	c.stops = append(c.stops, c.Istiod.Stop)
 
-	c.step("starting docker-registry (HTTPS on 127.0.0.1, own CA)")
-	if c.Registry, err = startRegistry(ctx, filepath.Join(c.Dir, "registry")); err != nil {
+	c.step("starting the distribution registry (HTTPS on 127.0.0.1, own CA)")
+	if c.Registry, err = registry.Start(ctx, registry.Options{Dir: filepath.Join(c.Dir, "registry"), TLS: true, Progress: c.progress}); err != nil {
 		return c, err
 	}
 	c.stops = append(c.stops, c.Registry.Stop)

@@ -1,81 +1,31 @@
 package localcluster
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 
 	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/tools"
 )
 
-// Environment variables that point the harness at prebuilt tools; the Makefile sets them so
-// that `go test` never builds a tool inside a test's timeout.
-const (
-	// IstiodEnv names the pilot-discovery binary (hack/tools/build.sh istiod).
-	IstiodEnv = "WASME_ISTIOD"
-	// AssetsEnv is envtest's directory holding etcd and kube-apiserver.
-	AssetsEnv = "KUBEBUILDER_ASSETS"
-)
-
-// buildTool runs hack/tools/build.sh with args and returns the path it prints. Its progress
-// (">> building istiod ...") goes to progress, so a first run on a fresh machine shows why it
-// takes minutes.
-func buildTool(progress io.Writer, args ...string) (string, error) {
-	cmd := exec.Command(filepath.Join(testenv.RepoRoot(), "hack", "tools", "build.sh"), args...)
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = progress
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("hack/tools/build.sh %s: %w", strings.Join(args, " "), err)
-	}
-	p := strings.TrimSpace(out.String())
-	if p == "" {
-		return "", fmt.Errorf("hack/tools/build.sh %s printed nothing", strings.Join(args, " "))
-	}
-	return p, nil
-}
-
-// EnsureTools makes sure etcd, kube-apiserver and istiod are built, building them if the
-// environment does not name them, and sets AssetsEnv and IstiodEnv for this process.
+// EnsureTools makes sure etcd, kube-apiserver, istiod and the registry are built, building
+// those the environment does not name (tools.AssetsEnv, IstiodEnv, RegistryEnv), and sets
+// those variables for this process.
 func EnsureTools(progress io.Writer) error {
-	if os.Getenv(AssetsEnv) == "" {
-		dir, err := buildTool(progress, "--assets")
-		if err != nil {
-			return err
-		}
-		if err := os.Setenv(AssetsEnv, dir); err != nil {
-			return err
-		}
-	}
-	if os.Getenv(IstiodEnv) == "" {
-		bin, err := buildTool(progress, "istiod")
-		if err != nil {
-			return err
-		}
-		if err := os.Setenv(IstiodEnv, bin); err != nil {
+	for _, f := range []func(io.Writer) (string, error){tools.Assets, tools.Istiod, tools.Registry} {
+		if _, err := f(progress); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// IstioVersion is the version of the pinned istio.io/istio module (its VERSION file, e.g.
-// "1.31"), which is what the istiod we run is.
-func IstioVersion() (string, error) {
-	root, err := buildTool(io.Discard, "--istio-dir")
-	if err != nil {
-		return "", err
-	}
-	b, err := os.ReadFile(filepath.Join(root, "VERSION"))
-	if err != nil {
-		return "", fmt.Errorf("reading the istio module's VERSION: %w", err)
-	}
-	return strings.TrimSpace(string(b)), nil
-}
+// IstioVersion is the version of the pinned istio.io/istio module, which is what the istiod
+// we run is.
+func IstioVersion() (string, error) { return tools.IstioVersion() }
 
 // BuildExampleFilter builds examples/filters/<name> with the Go toolchain for wasip1, as
 // `wasme build go` does, and returns the .wasm bytes.

@@ -13,6 +13,7 @@ import (
 
 	"wasme.io/wasme/internal/nodecache"
 	"wasme.io/wasme/internal/operator"
+	"wasme.io/wasme/internal/testing/proc"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -37,7 +38,7 @@ func (c *Cluster) StartWasme(ctx context.Context, o WasmeOptions) error {
 	if err != nil {
 		return err
 	}
-	moduleAddr, err := freeAddr()
+	moduleAddr, err := proc.FreeAddr()
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,7 @@ import (
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/operator"
 	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -327,8 +328,8 @@ func TestRepushedTagRollsOut(t *testing.T) {
 // answers again the rollout completes by itself.
 func TestRegistryDownRecovers(t *testing.T) {
 	cl := setup(t, currentIstiod)
-	plain := registrytest.Start(t, registrytest.Options{})
-	proxy := registrytest.NewProxy(t, plain)
+	plain := registry.StartT(t, registry.Options{})
+	proxy := registry.NewProxy(t, plain)
 	if _, err := wasmimage.Push(cl.ctx, plain.Host+"/filters/custom-header:v1", customHeader(t),
 		wasmimage.RuntimeConfig{RootIDs: []string{"add_header"}}, wasmimage.WithPlainHTTP(true)); err != nil {
 		t.Fatal(err)

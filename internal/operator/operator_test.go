@@ -32,6 +32,7 @@ import (
 	"wasme.io/wasme/internal/operator"
 	"wasme.io/wasme/internal/registrytest"
 	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -61,7 +62,7 @@ type cluster struct {
 	t   *testing.T
 	ctx context.Context
 	c   client.Client
-	reg *registrytest.Registry
+	reg *registry.Registry
 }
 
 func setup(t *testing.T, istiodImage string) *cluster {
@@ -81,7 +82,7 @@ func setupWith(t *testing.T, o setupOptions) *cluster {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	cl := &cluster{t: t, ctx: ctx, c: env.Client, reg: registrytest.Start(t, registrytest.Options{TLS: true})}
+	cl := &cluster{t: t, ctx: ctx, c: env.Client, reg: registry.StartT(t, registry.Options{TLS: true})}
 	if err := env.ApplyFile(ctx, filepath.Join(testenv.RepoRoot(), "deploy", "wasme.yaml")); err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +104,7 @@ func setupWith(t *testing.T, o setupOptions) *cluster {
 }
 
 // registryOptions reach the test registry: its CA when it serves TLS.
-func registryOptions(reg *registrytest.Registry) []wasmimage.Option {
+func registryOptions(reg *registry.Registry) []wasmimage.Option {
 	if reg.TLS {
 		return []wasmimage.Option{wasmimage.WithCAPEM(reg.CAPEM)}
 	}

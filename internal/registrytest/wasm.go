@@ -1,3 +1,5 @@
+// Package registrytest holds small module and build helpers for tests; the registry launcher
+// is internal/testing/registry.
 package registrytest
 
 import (

@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -64,7 +65,7 @@ func TestInteropPeersReadWhatWasmeWrites(t *testing.T) {
 	ctx := context.Background()
 	oras, crane := peerTool(t, "oras"), peerTool(t, "crane")
 	module := customHeader(t)
-	reg := registrytest.Start(t, registrytest.Options{})
+	reg := registry.StartT(t, registry.Options{})
 	for _, layout := range wasmimage.WritableLayouts {
 		t.Run(string(layout), func(t *testing.T) {
 			ref := reg.Host + "/interop/out:" + string(layout)
@@ -130,7 +131,7 @@ func TestInteropWasmeReadsWhatPeersWrite(t *testing.T) {
 	ctx := context.Background()
 	oras, crane := peerTool(t, "oras"), peerTool(t, "crane")
 	module := customHeader(t)
-	reg := registrytest.Start(t, registrytest.Options{})
+	reg := registry.StartT(t, registry.Options{})
 	dir := t.TempDir()
 	write := func(name string, b []byte) {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {

@@ -19,6 +19,7 @@ import (
 	"oras.land/oras-go/v2/registry/remote"
 
 	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -67,7 +68,7 @@ func mustJSON(t *testing.T, v any) []byte {
 // TestPullForeignLayouts pushes layouts other tools write, byte for byte, and reads them.
 func TestPullForeignLayouts(t *testing.T) {
 	ctx := context.Background()
-	reg := registrytest.Start(t, registrytest.Options{})
+	reg := registry.StartT(t, registry.Options{})
 	cfgJSON := []byte(`{"type":"envoy_proxy","abiVersions":["v0.2.1"],"config":{"rootIds":["add_header"]}}`)
 	emptyCfg := []byte("{}")
 	gz, err := compatGz(tiny, cfgJSON, "LICENSE")
@@ -147,7 +148,7 @@ func manifestSize(t *testing.T, host, repo string, d digest.Digest) (int64, erro
 func TestAuthAndTLS(t *testing.T) {
 	ctx := context.Background()
 	users := map[string]string{"alice": "s3cret"}
-	reg := registrytest.Start(t, registrytest.Options{Users: users, TLS: true})
+	reg := registry.StartT(t, registry.Options{Users: users, TLS: true})
 	ref := reg.Host + "/secure/filter:v1"
 	ca := wasmimage.WithCAFile(reg.CAFile)
 	if _, err := wasmimage.Push(ctx, ref, tiny, seedConfig, ca, wasmimage.WithCredentials("alice", "s3cret")); err != nil {
@@ -211,8 +212,8 @@ func checkOneLine(t *testing.T, err error) {
 
 func TestPullBadInput(t *testing.T) {
 	ctx := context.Background()
-	reg := registrytest.Start(t, registrytest.Options{})
-	proxy := registrytest.NewProxy(t, reg)
+	reg := registry.StartT(t, registry.Options{})
+	proxy := registry.NewProxy(t, reg)
 	good, err := wasmimage.Push(ctx, reg.Host+"/bad/filter:good", tiny, seedConfig, plain)
 	if err != nil {
 		t.Fatal(err)
@@ -234,7 +235,7 @@ func TestPullBadInput(t *testing.T) {
 	if _, err := wasmimage.Push(ctx, reg.Host+"/bad/filter:big", big, seedConfig, plain); err != nil {
 		t.Fatal(err)
 	}
-	down := registrytest.Start(t, registrytest.Options{})
+	down := registry.StartT(t, registry.Options{})
 	down.Stop()
 
 	cases := []struct {

@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -35,7 +36,7 @@ func TestRoundTripEveryLayout(t *testing.T) {
 	if _, err := wasmimage.ValidateModule(ctx, module); err != nil {
 		t.Fatalf("custom-header does not validate: %v", err)
 	}
-	reg := registrytest.Start(t, registrytest.Options{})
+	reg := registry.StartT(t, registry.Options{})
 	for _, layout := range wasmimage.WritableLayouts {
 		t.Run(string(layout), func(t *testing.T) {
 			ref := reg.Host + "/filters/custom-header:" + string(layout)

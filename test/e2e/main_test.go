@@ -1,5 +1,5 @@
 // Package e2e runs the seed walkthrough against a real local control plane
-// (internal/localcluster): kube-apiserver and etcd, a real istiod, docker-registry, the wasme
+// (internal/localcluster): kube-apiserver and etcd, a real istiod, the distribution registry, the wasme
 // operator and node caches, and a test proxy (internal/xdsproxy) standing in for the
 // details-v1 sidecar's Envoy. See docs/e2e.md.
 package e2e

@@ -6,18 +6,15 @@
 package istio
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"istio.io/istio/pkg/wasm"
 )
@@ -42,35 +39,33 @@ func run(t *testing.T, dir string, env []string, name string, args ...string) st
 	return string(out)
 }
 
-// startRegistry starts Debian's docker-registry without auth: Istio's fetcher refuses basic
-// auth challenges whose realm is not an http(s) URL, which htpasswd realms are not.
-func startRegistry(t *testing.T) string {
+// startRegistry starts the repository's test registry (the pinned distribution registry,
+// internal/testing/registry) without auth, through its serve command since this module cannot
+// import wasme's: Istio's fetcher refuses basic auth challenges whose realm is not an http(s)
+// URL, which htpasswd realms are not.
+func startRegistry(t *testing.T, root string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	cmd := exec.Command("go", "run", "./internal/testing/registry/serve", "-dir", t.TempDir())
+	cmd.Dir = root
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	host := l.Addr().String()
-	l.Close()
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), host)), 0o600); err != nil {
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("/usr/bin/docker-registry", "serve", cfg)
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("docker-registry (apt-get install docker-registry): %v", err)
+		t.Fatalf("starting the test registry: %v", err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	for i := 0; i < 200; i++ {
-		if resp, err := http.Get("http://" + host + "/v2/"); err == nil {
-			resp.Body.Close()
-			return host
-		}
-		time.Sleep(50 * time.Millisecond)
+	// Closing stdin stops it (and its registry child) cleanly; the pid is waited for.
+	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Wait() })
+	host, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("the test registry did not start (its errors are above): %v", err)
 	}
-	t.Fatal("docker-registry did not start")
-	return ""
+	return strings.TrimSpace(host)
 }
 
 func TestIstioFetcherReadsWasmePush(t *testing.T) {
@@ -83,7 +78,7 @@ func TestIstioFetcherReadsWasmePush(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host := startRegistry(t)
+	host := startRegistry(t, root)
 	home := t.TempDir()
 	env := []string{"HOME=" + home, "DOCKER_CONFIG=" + filepath.Join(home, ".docker")}
 	ref := host + "/filters/custom-header:v1"

@@ -1,4 +1,4 @@
-package registrytest
+package registry
 
 import (
 	"net/http"
