@@ -39,11 +39,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 
 	wasmev1 "wasme.io/wasme/api/v1"
-	"wasme.io/wasme/internal/localcluster"
 	"wasme.io/wasme/internal/nodecache"
 	"wasme.io/wasme/internal/operator"
-	"wasme.io/wasme/internal/testenv"
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/testenv"
+	"wasme.io/wasme/internal/testing/tools"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -90,10 +90,10 @@ func startEnv(ctx context.Context, dir string, module []byte, progress io.Writer
 	if e.admin, err = client.NewWithWatch(e.kube.Config, client.Options{Scheme: e.kube.Scheme}); err != nil {
 		return e, err
 	}
-	if err := e.kube.ApplyFile(ctx, filepath.Join(testenv.RepoRoot(), "deploy", "wasme.yaml")); err != nil {
+	if err := e.kube.ApplyFile(ctx, filepath.Join(tools.RepoRoot(), "deploy", "wasme.yaml")); err != nil {
 		return e, err
 	}
-	if e.istioVer, err = localcluster.IstioVersion(); err != nil {
+	if e.istioVer, err = tools.IstioVersion(); err != nil {
 		return e, err
 	}
 	if err := e.ensureNamespace(ctx, "istio-system"); err != nil {

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"wasme.io/wasme/internal/localcluster"
-	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/tools"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 )
 
 // ApplyCase is one size of row 1: Workloads Deployments spread evenly over Namespaces, one
@@ -137,14 +137,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		fmt.Fprintln(cfg.Progress, "==> building the wasme binary")
 		cfg.Wasme = filepath.Join(dir, "wasme")
 		cmd := exec.Command("go", "build", "-o", cfg.Wasme, "./cmd/wasme")
-		cmd.Dir = testenv.RepoRoot()
+		cmd.Dir = tools.RepoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("building wasme: %v\n%s", err, out)
 		}
 	}
 
 	fmt.Fprintln(cfg.Progress, "==> building examples/filters/custom-header (GOOS=wasip1)")
-	module, err := localcluster.BuildExampleFilter("custom-header")
+	module, err := wasmbuild.Example("custom-header")
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +201,7 @@ func versions() map[string]string {
 	v := map[string]string{
 		"go":    strings.TrimPrefix(commandVersion("go", "env", "GOVERSION"), "go"),
 		"nginx": commandVersion("nginx", "-v"),
-		"wasme": commandVersion("git", "-C", testenv.RepoRoot(), "describe", "--always", "--dirty"),
+		"wasme": commandVersion("git", "-C", tools.RepoRoot(), "describe", "--always", "--dirty"),
 	}
 	// The pinned tools' versions are their modules' in hack/tools.
 	for tool, mod := range map[string]string{"etcd": "go.etcd.io/etcd/server/v3", "kube-apiserver": "k8s.io/kubernetes", "oras": "oras.land/oras", "istio": "istio.io/istio", "registry": "github.com/distribution/distribution/v3"} {
@@ -209,7 +209,7 @@ func versions() map[string]string {
 		if tool == "istio" {
 			dir = "istiod"
 		}
-		b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "hack", "tools", dir, "go.mod"))
+		b, err := os.ReadFile(filepath.Join(tools.RepoRoot(), "hack", "tools", dir, "go.mod"))
 		if err != nil {
 			continue
 		}

@@ -21,9 +21,9 @@ import (
 	"sync"
 	"time"
 
-	"wasme.io/wasme/internal/registrytest"
-	"wasme.io/wasme/internal/testenv"
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/tools"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/internal/wasmhost"
 )
 
@@ -31,7 +31,7 @@ import (
 // function and a custom section of random bytes (random, so nothing on the path can compress
 // it, and each call gives a new digest, so no registry already holds the blob).
 func paddedModule(size int) []byte {
-	base := registrytest.TinyModule("proxy_abi_version_0_2_1")
+	base := wasmbuild.TinyModule("proxy_abi_version_0_2_1")
 	const name = "wasme-bench-padding"
 	pad := max(size-len(base)-len(name)-7, 16)
 	payload := make([]byte, pad)
@@ -56,7 +56,7 @@ func timed(ctx context.Context, dir string, env []string, bin string, args ...st
 
 // orasBinary is the pinned oras CLI, built by hack/tools/build.sh into the tool cache.
 func orasBinary() (string, error) {
-	cmd := exec.Command(filepath.Join(testenv.RepoRoot(), "hack", "tools", "build.sh"), "oras")
+	cmd := exec.Command(filepath.Join(tools.RepoRoot(), "hack", "tools", "build.sh"), "oras")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {

@@ -15,7 +15,7 @@ import (
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/config/samples"
-	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/testenv"
 )
 
 var env *testenv.Env

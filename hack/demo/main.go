@@ -1,5 +1,5 @@
 // Command demo is `make demo`: the seed article's walkthrough on wasme's local control plane
-// (internal/localcluster: kube-apiserver, etcd, istiod, the distribution registry, wasme operator and
+// (internal/testing/localcluster: kube-apiserver, etcd, istiod, the distribution registry, wasme operator and
 // node cache, all on 127.0.0.1, and a test proxy standing in for the details-v1 sidecar).
 //
 //	go run ./hack/demo          # run it, print each step, stop everything, exit 0
@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"wasme.io/wasme/internal/localcluster"
+	"wasme.io/wasme/internal/testing/localcluster"
 )
 
 func main() {

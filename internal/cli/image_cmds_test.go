@@ -11,8 +11,9 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"wasme.io/wasme/internal/registrytest"
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/tools"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -121,7 +122,7 @@ func TestImageCommandsRejectBadInput(t *testing.T) {
 	text := filepath.Join(t.TempDir(), "notes.txt")
 	noABI := filepath.Join(t.TempDir(), "noabi.wasm")
 	badCfg := filepath.Join(t.TempDir(), "runtime-config.json")
-	for f, b := range map[string][]byte{tiny: registrytest.TinyModule("proxy_abi_version_0_2_1"), text: []byte("not wasm"), noABI: registrytest.TinyModule("_start"), badCfg: []byte(`{"abi_version":"v0.2.1"}`)} {
+	for f, b := range map[string][]byte{tiny: wasmbuild.TinyModule("proxy_abi_version_0_2_1"), text: []byte("not wasm"), noABI: wasmbuild.TinyModule("_start"), badCfg: []byte(`{"abi_version":"v0.2.1"}`)} {
 		if err := os.WriteFile(f, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -194,7 +195,7 @@ func TestImageCommandsRejectBadInput(t *testing.T) {
 // TestInitTemplateMatchesExample keeps wasme init's embedded project in step with
 // examples/filters/custom-header and its ABI glue.
 func TestInitTemplateMatchesExample(t *testing.T) {
-	root := registrytest.RepoRoot(t)
+	root := tools.RepoRoot()
 	pairs := map[string]string{"initdata/go/main.go.txt": "examples/filters/custom-header/main.go"}
 	glue, _ := filepath.Glob(filepath.Join(root, "examples/filters/internal/proxywasm/*.go"))
 	for _, g := range glue {
@@ -226,7 +227,7 @@ func TestCredentialSources(t *testing.T) {
 	home := isolate(t)
 	reg := registry.StartT(t, registry.Options{Users: map[string]string{"dev": "pa55"}})
 	tiny := filepath.Join(t.TempDir(), "tiny.wasm")
-	if err := os.WriteFile(tiny, registrytest.TinyModule("proxy_abi_version_0_2_1"), 0o644); err != nil {
+	if err := os.WriteFile(tiny, wasmbuild.TinyModule("proxy_abi_version_0_2_1"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ref := reg.Host + "/creds/f:v1"

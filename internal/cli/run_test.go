@@ -13,15 +13,15 @@ import (
 	"testing"
 
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/internal/wasmhost"
-	"wasme.io/wasme/internal/wasmhost/wasmtest"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
 func customHeaderFile(tb testing.TB) string {
 	tb.Helper()
 	path := filepath.Join(tb.TempDir(), "custom-header.wasm")
-	if err := os.WriteFile(path, wasmtest.Example(tb, "custom-header"), 0o644); err != nil {
+	if err := os.WriteFile(path, wasmbuild.ExampleT(tb, "custom-header"), 0o644); err != nil {
 		tb.Fatal(err)
 	}
 	return path
@@ -130,7 +130,7 @@ func TestRunCustomHeader(t *testing.T) {
 func TestRunImage(t *testing.T) {
 	reg := registry.StartT(t, registry.Options{})
 	ref := reg.Host + "/filters/custom-header:v0.1"
-	_, err := wasmimage.Push(context.Background(), ref, wasmtest.Example(t, "custom-header"),
+	_, err := wasmimage.Push(context.Background(), ref, wasmbuild.ExampleT(t, "custom-header"),
 		wasmimage.RuntimeConfig{RootIDs: []string{"add_header"}}, wasmimage.WithPlainHTTP(true))
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +182,7 @@ func TestRunRejects(t *testing.T) {
 // against the same reverse proxy without any filter.
 func BenchmarkFilterOverhead(b *testing.B) {
 	up := upstream(b)
-	module := wasmtest.Example(b, "custom-header")
+	module := wasmbuild.ExampleT(b, "custom-header")
 	log := slog.New(slog.DiscardHandler)
 	o := runOptions{upstream: up.URL, callTimeout: wasmhost.DefaultCallTimeout, memoryMiB: 128, rootID: "add_header"}
 	filtered, p, err := newRunHandler(context.Background(), module, "custom-header", o, log, wasmhost.LogInfo)

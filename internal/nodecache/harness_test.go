@@ -23,7 +23,7 @@ import (
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/moduleserver"
-	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/testenv"
 )
 
 var env *testenv.Env

@@ -17,8 +17,8 @@ import (
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/operator"
-	"wasme.io/wasme/internal/registrytest"
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -198,7 +198,7 @@ func TestFailuresStopAtStatus(t *testing.T) {
 	cl := setup(t, currentIstiod)
 	good := cl.push("filters/custom-header:v1", customHeader(t))
 	notProxyWasm := cl.reg.Host + "/filters/not-proxy-wasm:v1"
-	cl.push("filters/not-proxy-wasm:v1", registrytest.TinyModule("_start"))
+	cl.push("filters/not-proxy-wasm:v1", wasmbuild.TinyModule("_start"))
 	cases := []struct {
 		name    string
 		fd      func(ns string) *wasmev1.FilterDeployment

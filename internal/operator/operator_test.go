@@ -30,9 +30,10 @@ import (
 	"wasme.io/wasme/config/samples"
 	"wasme.io/wasme/internal/istio"
 	"wasme.io/wasme/internal/operator"
-	"wasme.io/wasme/internal/registrytest"
-	"wasme.io/wasme/internal/testenv"
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/testenv"
+	"wasme.io/wasme/internal/testing/tools"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -49,7 +50,7 @@ var (
 
 // customHeader is the seed's filter, built from examples/filters/custom-header.
 func customHeader(t *testing.T) []byte {
-	moduleOnce.Do(func() { module = registrytest.BuildExampleFilter(t, "custom-header") })
+	moduleOnce.Do(func() { module = wasmbuild.ExampleT(t, "custom-header") })
 	if module == nil {
 		t.Fatal("custom-header did not build")
 	}
@@ -83,7 +84,7 @@ func setupWith(t *testing.T, o setupOptions) *cluster {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	cl := &cluster{t: t, ctx: ctx, c: env.Client, reg: registry.StartT(t, registry.Options{TLS: true})}
-	if err := env.ApplyFile(ctx, filepath.Join(testenv.RepoRoot(), "deploy", "wasme.yaml")); err != nil {
+	if err := env.ApplyFile(ctx, filepath.Join(tools.RepoRoot(), "deploy", "wasme.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	if istiodImage != "" {

@@ -10,11 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"wasme.io/wasme/internal/wasmhost/wasmtest"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 )
 
 func TestExampleHeaderRules(t *testing.T) {
-	module := wasmtest.Example(t, "header-rules")
+	module := wasmbuild.ExampleT(t, "header-rules")
 	for _, bad := range []string{"", "[]", `{"request":{"":"x"}}`, `{"requests":{}}`} {
 		if err := validate(context.Background(), module, "header_rules", []byte(bad), testCache()); err == nil {
 			t.Errorf("configuration %q accepted", bad)
@@ -37,7 +37,7 @@ func TestExampleHeaderRules(t *testing.T) {
 }
 
 func TestExampleDenyPath(t *testing.T) {
-	module := wasmtest.Example(t, "deny-path")
+	module := wasmbuild.ExampleT(t, "deny-path")
 	if err := validate(context.Background(), module, "deny_path", []byte(`{"prefixes":["/a"],"status":42}`), testCache()); err == nil ||
 		!strings.Contains(err.Error(), "status must be between 200 and 599") {
 		t.Errorf("bad status: %v", err)
@@ -66,7 +66,7 @@ func TestExampleDenyPath(t *testing.T) {
 }
 
 func TestExampleTickCounter(t *testing.T) {
-	module := wasmtest.Example(t, "tick-counter")
+	module := wasmbuild.ExampleT(t, "tick-counter")
 	p, _ := newPlugin(t, PluginConfig{Module: module, RootID: "tick_counter", Configuration: []byte(`{"tick_ms":10}`), PoolSize: 2})
 	h := p.Wrap(upstreamHandler())
 	for i := 1; i <= 3; i++ {
@@ -95,7 +95,7 @@ func TestExampleTickCounter(t *testing.T) {
 // TestConcurrentStreams runs many clients through a pool of two instances while the timer
 // ticks: every request is counted exactly once in the VM-wide shared counter.
 func TestConcurrentStreams(t *testing.T) {
-	p, _ := newPlugin(t, PluginConfig{Module: wasmtest.Example(t, "tick-counter"), RootID: "tick_counter",
+	p, _ := newPlugin(t, PluginConfig{Module: wasmbuild.ExampleT(t, "tick-counter"), RootID: "tick_counter",
 		Configuration: []byte(`{"tick_ms":1}`), PoolSize: 2})
 	h := p.Wrap(upstreamHandler())
 	const clients, each = 8, 25

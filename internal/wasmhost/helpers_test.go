@@ -8,7 +8,8 @@ import (
 	"sync"
 	"testing"
 
-	"wasme.io/wasme/internal/wasmhost/wasmtest"
+	"wasme.io/wasme/internal/testing/tools"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 )
 
 var (
@@ -22,10 +23,10 @@ func testCache() *Cache {
 	return cache
 }
 
-func customHeader(t testing.TB) []byte { return wasmtest.Example(t, "custom-header") }
+func customHeader(t testing.TB) []byte { return wasmbuild.ExampleT(t, "custom-header") }
 
 func probe(t testing.TB) []byte {
-	return wasmtest.Build(t, filepath.Join(wasmtest.RepoRoot(), "internal", "wasmhost", "testdata", "probe"))
+	return wasmbuild.BuildT(t, filepath.Join(tools.RepoRoot(), "internal", "wasmhost", "testdata", "probe"))
 }
 
 // syncBuffer collects log output written from several goroutines.
@@ -65,7 +66,7 @@ func newPlugin(t testing.TB, cfg PluginConfig) (*Plugin, *syncBuffer) {
 // rawModule encodes a minimal WebAssembly module with no-argument functions: imports from
 // module "env", one defined function exported under every name in exports, and a memory.
 func rawModule(imports, exports []string) []byte {
-	m := &wasmtest.Module{}
+	m := &wasmbuild.Module{}
 	for _, im := range imports {
 		m.Import("env", im, nil, nil)
 	}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"wasme.io/wasme/internal/wasmhost/wasmtest"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 )
 
 // TestHostileModules starts the hostile modules of issue 11 (rows 1-3): each is refused with an
@@ -22,12 +22,12 @@ func TestHostileModules(t *testing.T) {
 		module  []byte
 		wantErr string
 	}{
-		{"no memory, trapping tick", wasmtest.NoMemoryTickTrap(), `exports no memory named "memory"`},
-		{"no memory, host call", wasmtest.NoMemoryHostCall(), `exports no memory named "memory"`},
-		{"start section loops", wasmtest.StartLoop(), "start function did not return within 300ms (the start-up time limit)"},
-		{"shared data flood", wasmtest.SharedDataFlood(1024, 1024), "exceeded the host limit on shared data (16 MiB per VM)"},
-		{"queue flood", wasmtest.QueueFlood(20000), "exceeded the host limit on shared queue length (10000 items)"},
-		{"huge table", wasmtest.HugeTable(1 << 27), "exceeded the host limit on table size (1048576 entries): table 0 declares 134217728 entries"},
+		{"no memory, trapping tick", wasmbuild.NoMemoryTickTrap(), `exports no memory named "memory"`},
+		{"no memory, host call", wasmbuild.NoMemoryHostCall(), `exports no memory named "memory"`},
+		{"start section loops", wasmbuild.StartLoop(), "start function did not return within 300ms (the start-up time limit)"},
+		{"shared data flood", wasmbuild.SharedDataFlood(1024, 1024), "exceeded the host limit on shared data (16 MiB per VM)"},
+		{"queue flood", wasmbuild.QueueFlood(20000), "exceeded the host limit on shared queue length (10000 items)"},
+		{"huge table", wasmbuild.HugeTable(1 << 27), "exceeded the host limit on table size (1048576 entries): table 0 declares 134217728 entries"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -48,13 +48,13 @@ func TestHostileModules(t *testing.T) {
 	}
 	// A table without a maximum cannot grow past the cap: the grow fails, which this filter
 	// checks (it accepts its configuration only then).
-	p, err := NewPlugin(context.Background(), PluginConfig{Module: wasmtest.TableGrow(1 << 21), Logger: slog.New(slog.DiscardHandler)})
+	p, err := NewPlugin(context.Background(), PluginConfig{Module: wasmbuild.TableGrow(1 << 21), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("table.grow past the cap did not fail: %v", err)
 	}
 	p.Close(context.Background())
 	// The control: the encoder makes modules the host accepts.
-	p, err = NewPlugin(context.Background(), PluginConfig{Module: wasmtest.Minimal(), Logger: slog.New(slog.DiscardHandler)})
+	p, err = NewPlugin(context.Background(), PluginConfig{Module: wasmbuild.Minimal(), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("minimal module: %v", err)
 	}
@@ -64,7 +64,7 @@ func TestHostileModules(t *testing.T) {
 // TestTrappingTick: a filter whose proxy_on_tick traps (after a host call with a bad pointer)
 // costs its instance, not the process; the plugin keeps answering, fail closed with a 503.
 func TestTrappingTick(t *testing.T) {
-	p, err := NewPlugin(context.Background(), PluginConfig{Module: wasmtest.TickTrap(), Logger: slog.New(slog.DiscardHandler), PoolSize: 1})
+	p, err := NewPlugin(context.Background(), PluginConfig{Module: wasmbuild.TickTrap(), Logger: slog.New(slog.DiscardHandler), PoolSize: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestTrappingTick(t *testing.T) {
 // goroutine per item.
 func TestQueueFloodGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
-	p, err := NewPlugin(context.Background(), PluginConfig{Module: wasmtest.QueueFlood(5000), Logger: slog.New(slog.DiscardHandler)})
+	p, err := NewPlugin(context.Background(), PluginConfig{Module: wasmbuild.QueueFlood(5000), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,13 +4,13 @@ import (
 	"context"
 	"testing"
 
-	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
 // BenchmarkValidateModule measures the compile check the operator runs once per new digest.
 func BenchmarkValidateModule(b *testing.B) {
-	module := registrytest.BuildExampleFilter(b, "custom-header")
+	module := wasmbuild.ExampleT(b, "custom-header")
 	b.SetBytes(int64(len(module)))
 	for b.Loop() {
 		if _, err := wasmimage.ValidateModule(context.Background(), module); err != nil {
@@ -21,7 +21,7 @@ func BenchmarkValidateModule(b *testing.B) {
 
 // BenchmarkPackCompat measures building the compat layer (tar + gzip).
 func BenchmarkPackCompat(b *testing.B) {
-	module := registrytest.BuildExampleFilter(b, "custom-header")
+	module := wasmbuild.ExampleT(b, "custom-header")
 	b.SetBytes(int64(len(module)))
 	for b.Loop() {
 		if _, err := wasmimage.Pack(module, seedConfig, wasmimage.LayoutCompat); err != nil {

@@ -14,8 +14,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"wasme.io/wasme/internal/registrytest"
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/tools"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -30,7 +30,7 @@ var (
 func peerTool(t *testing.T, name string) string {
 	t.Helper()
 	toolsOnce.Do(func() {
-		root := registrytest.RepoRoot(t)
+		root := tools.RepoRoot()
 		for _, tool := range []string{"oras", "crane"} {
 			cmd := exec.Command(filepath.Join(root, "hack", "tools", "build.sh"), tool)
 			cmd.Stderr = os.Stderr

@@ -18,12 +18,12 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry/remote"
 
-	"wasme.io/wasme/internal/registrytest"
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
-var tiny = registrytest.TinyModule("proxy_abi_version_0_2_1")
+var tiny = wasmbuild.TinyModule("proxy_abi_version_0_2_1")
 
 var plain = wasmimage.WithPlainHTTP(true)
 
@@ -115,7 +115,7 @@ func TestPullForeignLayouts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		other, err := wasmimage.Push(ctx, reg.Host+"/indexed:other", registrytest.TinyModule("proxy_abi_version_0_1_0"), seedConfig, plain)
+		other, err := wasmimage.Push(ctx, reg.Host+"/indexed:other", wasmbuild.TinyModule("proxy_abi_version_0_1_0"), seedConfig, plain)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -231,7 +231,7 @@ func TestPullBadInput(t *testing.T) {
 	for tag, gz := range map[string][]byte{"evil": evil, "noplugin": noPlugin} {
 		pushRaw(t, reg.Host, "bad/filter", tag, mustJSON(t, map[string]any{"schemaVersion": 2, "mediaType": ocispec.MediaTypeImageManifest, "config": desc(ocispec.MediaTypeImageConfig, []byte("{}")), "layers": []any{desc(wasmimage.MediaTypeOCILayerTarGzip, gz)}}), ocispec.MediaTypeImageManifest, []byte("{}"), gz)
 	}
-	big := append(registrytest.TinyModule("proxy_abi_version_0_2_1"), make([]byte, 4096)...)
+	big := append(wasmbuild.TinyModule("proxy_abi_version_0_2_1"), make([]byte, 4096)...)
 	if _, err := wasmimage.Push(ctx, reg.Host+"/bad/filter:big", big, seedConfig, plain); err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"wasme.io/wasme/internal/registrytest"
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -21,7 +21,7 @@ var (
 // customHeader is the seed's filter built from source once per test binary.
 func customHeader(t *testing.T) []byte {
 	t.Helper()
-	filterOnce.Do(func() { filterBytes = registrytest.BuildExampleFilter(t, "custom-header") })
+	filterOnce.Do(func() { filterBytes = wasmbuild.ExampleT(t, "custom-header") })
 	if filterBytes == nil {
 		t.Fatal("custom-header did not build")
 	}

@@ -13,7 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -106,17 +106,17 @@ func TestRuntimeConfig(t *testing.T) {
 
 func TestValidateModule(t *testing.T) {
 	ctx := context.Background()
-	broken := append(registrytest.TinyModule("proxy_abi_version_0_2_1"), 0x0a, 0x05, 0x01, 0x03, 0x00, 0xff, 0x0b)
+	broken := append(wasmbuild.TinyModule("proxy_abi_version_0_2_1"), 0x0a, 0x05, 0x01, 0x03, 0x00, 0xff, 0x0b)
 	cases := []struct {
 		name    string
 		wasm    []byte
 		abi     string
 		wantErr string
 	}{
-		{"0.2.1", registrytest.TinyModule("proxy_abi_version_0_2_1"), "v0.2.1", ""},
-		{"0.2.0", registrytest.TinyModule("proxy_abi_version_0_2_0"), "v0.2.0", ""},
-		{"0.1.0 and 0.2.1 prefers newest", registrytest.TinyModule("proxy_abi_version_0_1_0", "proxy_abi_version_0_2_1"), "v0.2.1", ""},
-		{"no ABI export", registrytest.TinyModule("_start"), "", "no proxy-wasm ABI export"},
+		{"0.2.1", wasmbuild.TinyModule("proxy_abi_version_0_2_1"), "v0.2.1", ""},
+		{"0.2.0", wasmbuild.TinyModule("proxy_abi_version_0_2_0"), "v0.2.0", ""},
+		{"0.1.0 and 0.2.1 prefers newest", wasmbuild.TinyModule("proxy_abi_version_0_1_0", "proxy_abi_version_0_2_1"), "v0.2.1", ""},
+		{"no ABI export", wasmbuild.TinyModule("_start"), "", "no proxy-wasm ABI export"},
 		{"empty", nil, "", "bad magic"},
 		{"text", []byte("(module)"), "", "bad magic"},
 		{"version 2", []byte{0, 'a', 's', 'm', 2, 0, 0, 0}, "", "version 2"},
@@ -253,7 +253,7 @@ func TestStore(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			mod := registrytest.TinyModule("proxy_abi_version_0_2_1", strings.Repeat("x", i+1))
+			mod := wasmbuild.TinyModule("proxy_abi_version_0_2_1", strings.Repeat("x", i+1))
 			if _, err := s.Put(ref("registry.example.com/c:same"), mod, seedConfig, ""); err != nil {
 				t.Error(err)
 			}

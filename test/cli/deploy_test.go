@@ -24,7 +24,7 @@ import (
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/cli"
 	"wasme.io/wasme/internal/operator"
-	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/testenv"
 )
 
 var env *testenv.Env

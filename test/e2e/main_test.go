@@ -1,6 +1,6 @@
 // Package e2e runs the seed walkthrough against a real local control plane
-// (internal/localcluster): kube-apiserver and etcd, a real istiod, the distribution registry, the wasme
-// operator and node caches, and a test proxy (internal/xdsproxy) standing in for the
+// (internal/testing/localcluster): kube-apiserver and etcd, a real istiod, the distribution registry, the wasme
+// operator and node caches, and a test proxy (internal/testing/xdsproxy) standing in for the
 // details-v1 sidecar's Envoy. See docs/e2e.md.
 package e2e
 
@@ -20,8 +20,9 @@ import (
 	"testing"
 	"time"
 
-	"wasme.io/wasme/internal/localcluster"
-	"wasme.io/wasme/internal/xdsproxy"
+	"wasme.io/wasme/internal/testing/localcluster"
+	"wasme.io/wasme/internal/testing/wasmbuild"
+	"wasme.io/wasme/internal/testing/xdsproxy"
 )
 
 // cluster is shared by the tests of this package: starting istiod and the API server once
@@ -76,7 +77,7 @@ var (
 // examples/filters/custom-header.
 func customHeader(t *testing.T) []byte {
 	t.Helper()
-	moduleOnce.Do(func() { module, moduleErr = localcluster.BuildExampleFilter("custom-header") })
+	moduleOnce.Do(func() { module, moduleErr = wasmbuild.Example("custom-header") })
 	if moduleErr != nil {
 		t.Fatal(moduleErr)
 	}

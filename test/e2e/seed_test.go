@@ -19,8 +19,8 @@ import (
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/config/samples"
-	"wasme.io/wasme/internal/localcluster"
-	"wasme.io/wasme/internal/xdsproxy"
+	"wasme.io/wasme/internal/testing/localcluster"
+	"wasme.io/wasme/internal/testing/xdsproxy"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 

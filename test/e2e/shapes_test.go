@@ -11,8 +11,8 @@ import (
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/istio"
-	"wasme.io/wasme/internal/localcluster"
-	"wasme.io/wasme/internal/xdsproxy"
+	"wasme.io/wasme/internal/testing/localcluster"
+	"wasme.io/wasme/internal/testing/xdsproxy"
 )
 
 // TestEnvoyFilterShapes applies, for each EnvoyFilter shape internal/istio can emit, an

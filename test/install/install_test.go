@@ -13,14 +13,15 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/testenv"
+	"wasme.io/wasme/internal/testing/tools"
 )
 
 var env *testenv.Env
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
 
-func deployFile(name string) string { return filepath.Join(testenv.RepoRoot(), "deploy", name) }
+func deployFile(name string) string { return filepath.Join(tools.RepoRoot(), "deploy", name) }
 
 // Both files apply as `kubectl apply --server-side -f` would, and applying them again, dry run or
 // for real, changes nothing. (A dry run of wasme.yaml alone cannot come first: its namespace does

@@ -15,13 +15,13 @@ import (
 	"syscall"
 
 	"wasme.io/wasme/bench"
-	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/tools"
 )
 
 func main() {
 	quick := flag.Bool("quick", false, "run every row at a tiny size (what make test does)")
 	rows := flag.String("rows", "", "comma-separated row numbers to run (default: all)")
-	out := flag.String("out", filepath.Join(testenv.RepoRoot(), "bench", "results", "latest.json"), `JSON output file; "" writes none`)
+	out := flag.String("out", filepath.Join(tools.RepoRoot(), "bench", "results", "latest.json"), `JSON output file; "" writes none`)
 	wasme := flag.String("wasme", "", "wasme binary to run as a process (default: build one)")
 	flag.Parse()
 

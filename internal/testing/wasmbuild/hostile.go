@@ -1,4 +1,4 @@
-package wasmtest
+package wasmbuild
 
 // Hostile modules of issue 11 (rows 1-3), each a few dozen bytes. They are proxy-wasm
 // filters in form (ABI export, lifecycle exports) so that they pass the format checks and
@@ -135,7 +135,7 @@ func TableGrow(entries int32) []byte {
 		[]byte{0xd0, 0x70}, // ref.null func
 		I32c(entries),
 		[]byte{0xfc, 0x0f, 0x00}, // table.grow 0
-		I32c(-1), []byte{0x46}, // i32.eq
+		I32c(-1), []byte{0x46},   // i32.eq
 	)
 	m.Export("proxy_on_configure", m.Func(i32x2, i32x1, 0, body...))
 	return m.Bytes()

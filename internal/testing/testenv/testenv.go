@@ -10,9 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +29,7 @@ import (
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/kube"
+	"wasme.io/wasme/internal/testing/tools"
 )
 
 // Env is a running API server.
@@ -48,25 +47,15 @@ type Env struct {
 // Scheme builds a scheme with every type the tests and the operator use.
 func Scheme() (*k8sruntime.Scheme, error) { return kube.Scheme() }
 
-// RepoRoot is the root of this repository (the directory holding go.mod).
-func RepoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
-}
-
 // IstioCRDs is the path of the Istio CRD bundle in the pinned istio.io/istio module, downloaded
 // into the module cache if needed. ISTIO_CRDS overrides it.
 func IstioCRDs() (string, error) {
 	if p := os.Getenv("ISTIO_CRDS"); p != "" {
 		return p, nil
 	}
-	out, err := exec.Command(filepath.Join(RepoRoot(), "hack", "tools", "build.sh"), "--istio-dir").Output()
+	dir, err := tools.IstioDir()
 	if err != nil {
 		return "", fmt.Errorf("locating the istio.io/istio module: %w", err)
-	}
-	dir := strings.TrimSpace(string(out))
-	if dir == "" {
-		return "", errors.New("locating the istio.io/istio module: go mod download printed no directory")
 	}
 	return filepath.Join(dir, "manifests", "charts", "base", "files", "crd-all.gen.yaml"), nil
 }
@@ -119,7 +108,7 @@ func StartWith(o Options) (*Env, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := e.ApplyFile(ctx, filepath.Join(RepoRoot(), "deploy", "crds.yaml")); err != nil {
+	if err := e.ApplyFile(ctx, filepath.Join(tools.RepoRoot(), "deploy", "crds.yaml")); err != nil {
 		_ = env.Stop()
 		return nil, fmt.Errorf("installing deploy/crds.yaml: %w", err)
 	}

@@ -25,8 +25,8 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"wasme.io/wasme/internal/testenv"
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/testenv"
 	"wasme.io/wasme/internal/testing/tools"
 	"wasme.io/wasme/internal/wasmhost"
 )
@@ -102,7 +102,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := EnsureTools(c.progress); err != nil {
 		return c, err
 	}
-	version, err := IstioVersion()
+	version, err := tools.IstioVersion()
 	if err != nil {
 		return c, err
 	}
@@ -144,7 +144,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	c.stops = append(c.stops, c.kubelet.stop)
 
 	c.step("installing deploy/wasme.yaml (namespace wasme, RBAC, wasme-operator, wasme-cache)")
-	if err := c.Env.ApplyFile(ctx, filepath.Join(testenv.RepoRoot(), "deploy", "wasme.yaml")); err != nil {
+	if err := c.Env.ApplyFile(ctx, filepath.Join(tools.RepoRoot(), "deploy", "wasme.yaml")); err != nil {
 		return c, err
 	}
 

@@ -22,7 +22,8 @@ import (
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/config/samples"
-	"wasme.io/wasme/internal/xdsproxy"
+	"wasme.io/wasme/internal/testing/wasmbuild"
+	"wasme.io/wasme/internal/testing/xdsproxy"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -55,7 +56,7 @@ func (c *Cluster) SeedWalkthrough(ctx context.Context, out io.Writer) (*SeedResu
 	}
 
 	p("\n$ wasme build (examples/filters/custom-header) && wasme push %s/ryysud/custom-header:v0.1\n", c.Registry.Host)
-	mod, err := BuildExampleFilter("custom-header")
+	mod, err := wasmbuild.Example("custom-header")
 	if err != nil {
 		return nil, err
 	}

@@ -14,8 +14,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/testing/xdsproxy"
 	"wasme.io/wasme/internal/wasmhost"
-	"wasme.io/wasme/internal/xdsproxy"
 )
 
 // BookinfoNamespace is where the seed runs Bookinfo.

@@ -1,4 +1,4 @@
-package wasmtest
+package wasmbuild
 
 import (
 	"bytes"
@@ -43,7 +43,7 @@ type Module struct {
 // Import declares a host function and returns its function index.
 func (m *Module) Import(module, name string, params, results []byte) uint32 {
 	if len(m.funcs) > 0 {
-		panic("wasmtest: Import after Func")
+		panic("wasmbuild: Import after Func")
 	}
 	var b []byte
 	b = appendName(b, module)
