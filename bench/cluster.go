@@ -6,22 +6,19 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/testing/proc"
+	"wasme.io/wasme/internal/testing/testenv"
 )
 
 // clusterRows measures rows 1-3 on one API server, registry and set of node caches.
@@ -353,7 +350,7 @@ func (c *clusterRows) steadyRow(ctx context.Context) error {
 	}
 	time.Sleep(time.Second)
 	e.step("row 2: operator restart and %s of passes every %s over %d FilterDeployments", c.cfg.SteadyWindow, interval, fds)
-	e.op.stop()
+	_ = e.op.Stop()
 	e.op = nil
 	e.apiCalls.take()
 	e.proxy.take()
@@ -401,11 +398,11 @@ func (c *clusterRows) memoryRows(ctx context.Context) error {
 	}
 	// One operator at a time: the in-process one stops here.
 	if e.op != nil {
-		e.op.stop()
+		_ = e.op.Stop()
 		e.op = nil
 	}
 	kc := filepath.Join(e.dir, "operator.kubeconfig")
-	if err := writeKubeconfig(e.opCfg, kc); err != nil {
+	if err := testenv.WriteKubeconfig(e.opCfg, kc, ""); err != nil {
 		return err
 	}
 	fds := 1 + len(c.kept)
@@ -460,34 +457,20 @@ type memory struct{ hwm, rss, heap, syncMS float64 }
 // operatorMemory starts `wasme operator`, waits until it has reconciled every FilterDeployment
 // and its queue stayed empty for idle, and reads its peak RSS and heap.
 func operatorMemory(ctx context.Context, bin, kubeconfig string, fds int, dir string, idle time.Duration) (memory, error) {
-	metricsAddr, err := freeAddr()
+	metricsAddr, err := proc.FreeAddr()
 	if err != nil {
 		return memory{}, err
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, "operator-process.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return memory{}, err
-	}
-	defer logf.Close()
-	cmd := exec.CommandContext(ctx, bin, "operator", "--kubeconfig", kubeconfig,
-		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", "0",
-		"--module-bind-address", "127.0.0.1:0", "--resolve-interval", "1h", "--log-level", "error")
-	cmd.Stdout, cmd.Stderr = logf, logf
 	start := time.Now()
-	if err := cmd.Start(); err != nil {
+	p, err := proc.Start("wasme operator", bin, []string{"operator", "--kubeconfig", kubeconfig,
+		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", "0",
+		"--module-bind-address", "127.0.0.1:0", "--resolve-interval", "1h", "--log-level", "error"},
+		filepath.Join(dir, "operator-process.log"), proc.Options{})
+	if err != nil {
 		return memory{}, err
 	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	defer p.Stop()
+	exited := p.Exited()
 	var m memory
 	idleSince := time.Time{}
 	deadline := time.Now().Add(3 * time.Minute)
@@ -514,10 +497,10 @@ func operatorMemory(ctx context.Context, bin, kubeconfig string, fds int, dir st
 			m.syncMS = ms(time.Since(start))
 		case time.Since(idleSince) >= idle:
 			m.heap = vals["go_memstats_heap_inuse_bytes"]
-			if m.rss, err = procStatusBytes(cmd.Process.Pid, "VmRSS"); err != nil {
+			if m.rss, err = procStatusBytes(p.Pid(), "VmRSS"); err != nil {
 				return m, err
 			}
-			m.hwm, err = procStatusBytes(cmd.Process.Pid, "VmHWM")
+			m.hwm, err = procStatusBytes(p.Pid(), "VmHWM")
 			return m, err
 		}
 	}
@@ -573,16 +556,6 @@ func procStatusBytes(pid int, field string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
-}
-
-// writeKubeconfig writes a kubeconfig for cfg's server, CA and bearer token.
-func writeKubeconfig(cfg *rest.Config, path string) error {
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["bench"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
-	kc.AuthInfos["bench"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
-	kc.Contexts["bench"] = &clientcmdapi.Context{Cluster: "bench", AuthInfo: "bench"}
-	kc.CurrentContext = "bench"
-	return clientcmd.WriteToFile(*kc, path)
 }
 
 // faster relates a duration to the article's 30 s.

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,8 +24,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-logr/logr"
-	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
@@ -34,16 +31,17 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	appsv1 "k8s.io/api/apps/v1"
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/nodecache"
 	"wasme.io/wasme/internal/operator"
+	"wasme.io/wasme/internal/testing/components"
 	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/internal/testing/testenv"
 	"wasme.io/wasme/internal/testing/tools"
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -58,9 +56,9 @@ type env struct {
 	module   []byte // custom-header, built from examples/filters
 	progress io.Writer
 
-	op         *runningOperator
+	op         *components.Operator
 	apiCalls   *apiCounter
-	nodes      []*runningNode
+	nodes      []*components.NodeCache
 	nodeBytes  atomic.Int64 // module bytes the node caches read from the operator
 	opCfg      *rest.Config // the operator's ServiceAccount, unwrapped
 	cacheCfg   *rest.Config
@@ -129,7 +127,7 @@ func startEnv(ctx context.Context, dir string, module []byte, progress io.Writer
 func (e *env) stop() {
 	e.stopNodes(0)
 	if e.op != nil {
-		e.op.stop()
+		_ = e.op.Stop()
 	}
 	if e.proxy != nil {
 		e.proxy.close()
@@ -164,78 +162,28 @@ func (e *env) ensureNamespace(ctx context.Context, name string) error {
 	return nil
 }
 
-// runningOperator is `wasme operator` in this process.
-type runningOperator struct {
-	cancel     context.CancelFunc
-	done       chan error
-	moduleAddr string
-}
-
 // startOperator runs the operator with its ServiceAccount's config, every API request counted.
 func (e *env) startOperator(ctx context.Context, resolveInterval time.Duration) error {
 	if e.op != nil {
-		e.op.stop()
+		_ = e.op.Stop()
+		e.op = nil
 	}
-	// The same module address across restarts: the node caches keep their source URL.
-	if e.moduleAddr == "" {
-		addr, err := freeAddr()
-		if err != nil {
-			return err
-		}
-		e.moduleAddr = addr
-	}
-	addr := e.moduleAddr
 	cfg := rest.CopyConfig(e.opCfg)
 	cfg.Wrap(e.apiCalls.wrap)
-	logf, err := os.OpenFile(filepath.Join(e.dir, "operator.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	op, err := components.StartOperator(ctx, components.OperatorOptions{
+		Config: cfg, Scheme: e.kube.Scheme,
+		// The same module address across restarts: the node caches keep their source URL.
+		ModuleAddr:         e.moduleAddr,
+		ResolveInterval:    resolveInterval,
+		Images:             operator.RegistryImages{},
+		SkipNameValidation: true,
+		LogPath:            filepath.Join(e.dir, "operator.log"),
+	})
 	if err != nil {
 		return err
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	op := &runningOperator{cancel: cancel, done: make(chan error, 1), moduleAddr: addr}
-	go func() {
-		defer logf.Close()
-		op.done <- operator.Run(runCtx, cfg, operator.Options{
-			MetricsAddr: "0", ProbeAddr: "0", ModuleAddr: addr,
-			ResolveInterval:    resolveInterval,
-			Images:             operator.RegistryImages{},
-			Scheme:             e.kube.Scheme,
-			SkipNameValidation: true,
-			Log:                zap.New(zap.WriteTo(logf), zap.Level(zapcore.InfoLevel)),
-		})
-	}()
-	e.op = op
-	// The node caches fetch from the module server: wait until it listens.
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case err := <-op.done:
-			e.op = nil
-			return fmt.Errorf("operator stopped: %v", err)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return errors.New("the operator's module server did not start")
-		}
-	}
-}
-
-func (o *runningOperator) stop() {
-	o.cancel()
-	<-o.done
-}
-
-// runningNode is one simulated node's `wasme cache` daemon, in this process.
-type runningNode struct {
-	name   string
-	dir    string
-	daemon *nodecache.Daemon
-	cancel context.CancelFunc
-	done   chan error
+	e.op, e.moduleAddr = op, op.ModuleAddr
+	return nil
 }
 
 // countingSource counts the module bytes a daemon reads from the operator.
@@ -279,29 +227,23 @@ func (e *env) startNodes(ctx context.Context, n int) error {
 		if err != nil {
 			return err
 		}
-		src, err := nodecache.NewOperatorSource("http://"+e.op.moduleAddr, filepath.Join(e.dir, "cache.token"), name)
+		src, err := nodecache.NewOperatorSource("http://"+e.op.ModuleAddr, filepath.Join(e.dir, "cache.token"), name)
 		if err != nil {
 			return err
 		}
-		d, err := nodecache.New(nodecache.Options{
-			Dir: dir, NodeName: name, Config: e.cacheCfg, Source: countingSource{src, &e.nodeBytes},
-			Addr:     "127.0.0.1:0",
-			MinRetry: 100 * time.Millisecond, MaxRetry: 2 * time.Second,
-			Log: logr.Discard(),
+		nc, err := components.StartNodeCache(ctx, components.NodeCacheOptions{
+			NodeName: name, Dir: dir, Config: e.cacheCfg, Source: countingSource{src, &e.nodeBytes},
 		})
 		if err != nil {
 			return err
 		}
-		runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		rn := &runningNode{name: name, dir: dir, daemon: d, cancel: cancel, done: make(chan error, 1)}
-		go func() { rn.done <- d.Run(runCtx) }()
-		e.nodes = append(e.nodes, rn)
+		e.nodes = append(e.nodes, nc)
 	}
 	// Ready: the NodeCache says so, which is what the operator counts.
 	return e.poll(ctx, time.Minute, "node caches ready", func() (bool, error) {
 		for _, rn := range e.nodes {
 			nc := &wasmev1.NodeCache{}
-			if err := e.admin.Get(ctx, client.ObjectKey{Name: rn.name}, nc); err != nil {
+			if err := e.admin.Get(ctx, client.ObjectKey{Name: rn.NodeName}, nc); err != nil {
 				if apierrors.IsNotFound(err) {
 					return false, nil
 				}
@@ -319,9 +261,7 @@ func (e *env) startNodes(ctx context.Context, n int) error {
 // the operator stops counting it.
 func (e *env) stopNodes(n int) {
 	for len(e.nodes) > n {
-		rn := e.nodes[len(e.nodes)-1]
-		rn.cancel()
-		<-rn.done
+		_ = e.nodes[len(e.nodes)-1].Stop()
 		e.nodes = e.nodes[:len(e.nodes)-1]
 	}
 }
@@ -363,29 +303,7 @@ func (e *env) pushModule(ctx context.Context, repoTag string, module []byte) (st
 func uniqueModule(base []byte) []byte {
 	nonce := make([]byte, 16)
 	_, _ = rand.Read(nonce)
-	return withCustomSection(base, "wasme-bench", nonce)
-}
-
-// withCustomSection appends a custom section (id 0) named name holding payload.
-func withCustomSection(module []byte, name string, payload []byte) []byte {
-	body := appendULEB(nil, uint32(len(name)))
-	body = append(body, name...)
-	body = append(body, payload...)
-	out := append([]byte{}, module...)
-	out = append(out, 0)
-	out = appendULEB(out, uint32(len(body)))
-	return append(out, body...)
-}
-
-func appendULEB(b []byte, v uint32) []byte {
-	for {
-		c := byte(v & 0x7f)
-		v >>= 7
-		if v == 0 {
-			return append(b, c)
-		}
-		b = append(b, c|0x80)
-	}
+	return wasmbuild.WithCustomSection(base, "wasme-bench", nonce)
 }
 
 // workloadDeployment is a minimal Deployment; no kubelet runs, so it never gets pods, which
@@ -529,40 +447,6 @@ func (e *env) deleteAndWait(ctx context.Context, fds []*wasmev1.FilterDeployment
 		}
 		return true, nil
 	})
-}
-
-// waitHTTP waits until url answers (any status), or the process behind it exits.
-func waitHTTP(url string, exited <-chan struct{}, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	c := &http.Client{Timeout: time.Second}
-	for time.Now().Before(deadline) {
-		select {
-		case <-exited:
-			return errors.New("the process exited")
-		default:
-		}
-		if resp, err := c.Get(url); err == nil {
-			resp.Body.Close()
-			return nil
-		}
-		time.Sleep(30 * time.Millisecond)
-	}
-	return fmt.Errorf("%s did not answer within %s", url, timeout)
-}
-
-func randomHex() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 // countingProxy is a reverse proxy in front of the registry that counts requests and response

@@ -21,7 +21,9 @@ import (
 	"sync"
 	"time"
 
+	"wasme.io/wasme/internal/testing/proc"
 	"wasme.io/wasme/internal/testing/registry"
+	"wasme.io/wasme/internal/testing/testenv"
 	"wasme.io/wasme/internal/testing/tools"
 	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/internal/wasmhost"
@@ -36,7 +38,7 @@ func paddedModule(size int) []byte {
 	pad := max(size-len(base)-len(name)-7, 16)
 	payload := make([]byte, pad)
 	_, _ = rand.Read(payload)
-	return withCustomSection(base, name, payload)
+	return wasmbuild.WithCustomSection(base, name, payload)
 }
 
 // timed runs a command and returns its wall time, failing with its output.
@@ -54,22 +56,11 @@ func timed(ctx context.Context, dir string, env []string, bin string, args ...st
 	return d, nil
 }
 
-// orasBinary is the pinned oras CLI, built by hack/tools/build.sh into the tool cache.
-func orasBinary() (string, error) {
-	cmd := exec.Command(filepath.Join(tools.RepoRoot(), "hack", "tools", "build.sh"), "oras")
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("building oras: %w", err)
-	}
-	return strings.TrimSpace(string(out)), nil
-}
-
 // pushPullRows is row 4: `wasme push`/`wasme pull` against `oras push`/`oras pull` of the same
 // bytes (the same two blobs: a small runtime config and the module) on one registry, each a
 // fresh process, alternating which goes first.
 func pushPullRows(ctx context.Context, cfg Config, dir string) ([]Row, error) {
-	oras, err := orasBinary()
+	oras, err := tools.Build(os.Stderr, "oras")
 	if err != nil {
 		return nil, err
 	}
@@ -300,7 +291,7 @@ func serveRows(ctx context.Context, e *env, cfg Config, dir string) ([]Row, []st
 	fmt.Fprintln(cfg.Progress, "==> row 5: node cache GET /sha256/<hex> vs nginx")
 	// The in-process operator would count this extra node cache and wait for it.
 	if e.op != nil {
-		e.op.stop()
+		_ = e.op.Stop()
 		e.op = nil
 	}
 	work := filepath.Join(dir, "serve")
@@ -317,32 +308,33 @@ func serveRows(ctx context.Context, e *env, cfg Config, dir string) ([]Row, []st
 	}
 
 	kc := filepath.Join(work, "cache.kubeconfig")
-	if err := writeKubeconfig(e.cacheCfg, kc); err != nil {
+	if err := testenv.WriteKubeconfig(e.cacheCfg, kc, ""); err != nil {
 		return nil, nil, err
 	}
-	addr, err := freeAddr()
+	addr, err := proc.FreeAddr()
 	if err != nil {
 		return nil, nil, err
 	}
 	_, port, _ := strings.Cut(addr, ":")
-	cache, err := startProcess(filepath.Join(work, "cache.log"), cfg.Wasme, "cache", "--kubeconfig", kc,
+	cache, err := proc.Start("wasme cache", cfg.Wasme, []string{"cache", "--kubeconfig", kc,
 		"--node-name", "bench-serve", "--directory", modDir, "--bind-host", "127.0.0.1", "--port", port,
-		"--operator-url", "http://127.0.0.1:1", "--token-file", filepath.Join(e.dir, "cache.token"), "--log-level", "error")
+		"--operator-url", "http://127.0.0.1:1", "--token-file", filepath.Join(e.dir, "cache.token"), "--log-level", "error"},
+		filepath.Join(work, "cache.log"), proc.Options{})
 	if err != nil {
 		return nil, nil, err
 	}
-	defer cache.stop()
-	if err := waitHTTP("http://"+addr+"/readyz", cache.exited, 30*time.Second); err != nil {
+	defer cache.Stop()
+	if err := cache.WaitHTTP(ctx, &http.Client{Timeout: time.Second}, "http://"+addr+"/readyz", 30*time.Second, anyStatus); err != nil {
 		return nil, nil, fmt.Errorf("wasme cache: %w", err)
 	}
 
 	var skipped []string
-	var nginx *process
+	var nginx *proc.Process
 	nginxAddr := ""
 	if bin, err := exec.LookPath("nginx"); err != nil {
 		skipped = append(skipped, "row 5 nginx: not installed (make bench installs Debian's nginx as root; apt-get install nginx)")
 	} else {
-		if nginxAddr, err = freeAddr(); err != nil {
+		if nginxAddr, err = proc.FreeAddr(); err != nil {
 			return nil, nil, err
 		}
 		conf := filepath.Join(work, "nginx.conf")
@@ -369,11 +361,11 @@ http {
 		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 			return nil, nil, err
 		}
-		if nginx, err = startProcess(filepath.Join(work, "nginx.log"), bin, "-e", filepath.Join(work, "nginx-error.log"), "-p", work, "-c", conf); err != nil {
+		if nginx, err = proc.Start("nginx", bin, []string{"-e", filepath.Join(work, "nginx-error.log"), "-p", work, "-c", conf}, filepath.Join(work, "nginx.log"), proc.Options{}); err != nil {
 			return nil, nil, err
 		}
-		defer nginx.stop()
-		if err := waitHTTP("http://"+nginxAddr+"/sha256/"+h, nginx.exited, 15*time.Second); err != nil {
+		defer nginx.Stop()
+		if err := nginx.WaitHTTP(ctx, &http.Client{Timeout: time.Second}, "http://"+nginxAddr+"/sha256/"+h, 15*time.Second, anyStatus); err != nil {
 			log, _ := os.ReadFile(filepath.Join(work, "nginx-error.log"))
 			return nil, nil, fmt.Errorf("nginx: %w\n%s", err, log)
 		}
@@ -412,38 +404,8 @@ http {
 	return rows, skipped, nil
 }
 
-// process is a child process with its output in a log file.
-type process struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-}
-
-func startProcess(logPath, bin string, args ...string) (*process, error) {
-	logf, err := os.Create(logPath)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, err
-	}
-	p := &process{cmd: cmd, exited: make(chan struct{})}
-	go func() { _ = cmd.Wait(); logf.Close(); close(p.exited) }()
-	return p, nil
-}
-
-// stop asks the process to end (SIGTERM), then kills it after five seconds.
-func (p *process) stop() {
-	_ = p.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-p.exited:
-	case <-time.After(5 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-}
+// anyStatus accepts any answer: the server is up.
+func anyStatus(int) bool { return true }
 
 // filterRows is row 6: requests per second through the handler `wasme run` serves (wasme's
 // proxy-wasm host around a reverse proxy) with the custom-header filter, against the same

@@ -16,7 +16,6 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	wasmev1 "wasme.io/wasme/api/v1"
 )
@@ -53,22 +52,6 @@ func fail(err error) int {
 	return 1
 }
 
-// writeKubeconfig writes the test API server's admin credentials for a child process.
-func writeKubeconfig(t *testing.T) string {
-	t.Helper()
-	c := env.Config
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: c.CAData}
-	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: c.CertData, ClientKeyData: c.KeyData, Token: c.BearerToken}
-	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "admin"}
-	kc.CurrentContext = "envtest"
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // TestKilledDuringDownload SIGKILLs a daemon process while it is writing a module, checks that
 // nothing is visible under the module's name, then restarts on the same directory: the
 // leftover temp file is removed and the module completes.
@@ -98,7 +81,7 @@ func TestKilledDuringDownload(t *testing.T) {
 	dir := t.TempDir()
 	const nodeName = "killed-1"
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=1", "CHILD_KUBECONFIG="+writeKubeconfig(t), "CHILD_DIR="+dir,
+	cmd.Env = append(os.Environ(), childEnv+"=1", "CHILD_KUBECONFIG="+env.Kubeconfig(t), "CHILD_DIR="+dir,
 		"CHILD_NODE="+nodeName, "CHILD_OPERATOR_URL="+op.url, "CHILD_TOKEN_FILE="+op.tokenFile)
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr

@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,8 +16,6 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	wasmev1 "wasme.io/wasme/api/v1"
@@ -30,21 +27,6 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
-
-// kubeconfig writes the test API server's admin credentials as a kubeconfig file.
-func kubeconfig(t *testing.T) string {
-	cfg := env.Config
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
-	kc.AuthInfos["test"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData}
-	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
-	kc.CurrentContext = "test"
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // oneModule stands in for a registry: this test is about the CLI; pulls are the operator's.
 type oneModule struct{}
@@ -79,7 +61,7 @@ func TestDeployAndUndeployIstio(t *testing.T) {
 	}()
 	c := env.Client
 	ns := env.Namespace(t)
-	kc := kubeconfig(t)
+	kc := env.Kubeconfig(t)
 	// istiod, a workload and a node cache holding the module.
 	for _, n := range []string{"istio-system"} {
 		_ = c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}})
@@ -133,7 +115,7 @@ func TestDeployAndUndeployIstio(t *testing.T) {
 }
 
 func TestDeployRefusesBadInput(t *testing.T) {
-	kc := kubeconfig(t)
+	kc := env.Kubeconfig(t)
 	ns := env.Namespace(t)
 	img := "registry.example.com/f:v1"
 	cases := []struct {

@@ -9,7 +9,6 @@ package localcluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,9 +19,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"wasme.io/wasme/internal/testing/registry"
@@ -114,7 +110,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	c.stops = append(c.stops, func() { _ = c.Env.Stop() })
 	c.Client = c.Env.Client
 	c.Kubeconfig = filepath.Join(c.Dir, "kubeconfig")
-	if err := writeKubeconfig(c.Env.Config, c.Kubeconfig); err != nil {
+	if err := testenv.WriteKubeconfig(c.Env.Config, c.Kubeconfig, BookinfoNamespace); err != nil {
 		return c, err
 	}
 
@@ -244,17 +240,4 @@ func istiodDeployment(version string) *appsv1.Deployment {
 			},
 		},
 	}
-}
-
-// writeKubeconfig writes a kubeconfig holding cfg's server and client certificate.
-func writeKubeconfig(cfg *rest.Config, path string) error {
-	if len(cfg.CertData) == 0 && cfg.BearerToken == "" {
-		return errors.New("the API server config has no client credentials to write")
-	}
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["wasme-local"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
-	kc.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
-	kc.Contexts["wasme-local"] = &clientcmdapi.Context{Cluster: "wasme-local", AuthInfo: "admin", Namespace: "bookinfo"}
-	kc.CurrentContext = "wasme-local"
-	return clientcmd.WriteToFile(*kc, path)
 }

@@ -24,6 +24,8 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -275,4 +277,30 @@ func (e *Env) waitPolicy(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// WriteKubeconfig writes a kubeconfig for cfg's server, CA and credentials (client
+// certificate or bearer token) to path, with namespace as its default namespace ("" for
+// none), for child processes and kubectl.
+func WriteKubeconfig(cfg *rest.Config, path, namespace string) error {
+	if len(cfg.CertData) == 0 && cfg.BearerToken == "" {
+		return errors.New("the API server config has no client credentials to write")
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["wasme-test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos["wasme-test"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
+	kc.Contexts["wasme-test"] = &clientcmdapi.Context{Cluster: "wasme-test", AuthInfo: "wasme-test", Namespace: namespace}
+	kc.CurrentContext = "wasme-test"
+	return clientcmd.WriteToFile(*kc, path)
+}
+
+// Kubeconfig writes the API server's administrator kubeconfig into a directory of the test
+// and returns its path.
+func (e *Env) Kubeconfig(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := WriteKubeconfig(e.Config, path, ""); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
