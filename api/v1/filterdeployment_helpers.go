@@ -84,8 +84,21 @@ type FilterConfig struct {
 	Value []byte
 }
 
+// MaxConfigBytes caps spec.filter.config (the admission policy shipped with the CRD refuses a
+// longer string; the operator refuses a longer Struct, which CEL cannot measure): the config is
+// copied into one EnvoyFilter per workload.
+const MaxConfigBytes = 256 << 10
+
 // DecodeConfig decodes spec.filter.config. A nil config decodes to an empty StringValue.
 func (f *FilterSpec) DecodeConfig() (FilterConfig, error) {
+	c, err := f.decodeConfig()
+	if err == nil && len(c.Value) > MaxConfigBytes {
+		return FilterConfig{}, fmt.Errorf("spec.filter.config is %d bytes, more than the %d allowed", len(c.Value), MaxConfigBytes)
+	}
+	return c, err
+}
+
+func (f *FilterSpec) decodeConfig() (FilterConfig, error) {
 	if f.Config == nil || len(f.Config.Raw) == 0 {
 		return FilterConfig{TypeURL: StringValueType}, nil
 	}

@@ -28,6 +28,9 @@ func TestDecodeConfig(t *testing.T) {
 		{name: "bad base64", raw: `{"@type":"` + BytesValueType + `","value":"!!"}`, wantErr: "must be base64"},
 		{name: "string value not string", raw: `{"@type":"` + StringValueType + `","value":1}`, wantErr: "must be a string"},
 		{name: "struct value not object", raw: `{"@type":"` + StructType + `","value":"x"}`, wantErr: "must be an object"},
+		{name: "string at the cap", raw: `"` + strings.Repeat("a", MaxConfigBytes) + `"`, wantType: StringValueType, want: strings.Repeat("a", MaxConfigBytes)},
+		{name: "string over the cap", raw: `"` + strings.Repeat("a", MaxConfigBytes+1) + `"`, wantErr: "more than the 262144 allowed"},
+		{name: "Struct over the cap", raw: `{"@type":"` + StructType + `","value":{"k":"` + strings.Repeat("a", MaxConfigBytes) + `"}}`, wantErr: "more than the 262144 allowed"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

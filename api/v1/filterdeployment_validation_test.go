@@ -184,6 +184,8 @@ func TestInvalidSpecsAreRefused(t *testing.T) {
 		{"config unknown @type", validDeployment + "  filter:\n    image: f\n    config: {'@type': type.googleapis.com/foo.Bar, value: x}\n", []string{`spec.filter.config["@type"] must be one of`}},
 		{"config extra key", validDeployment + "  filter:\n    image: f\n    config: {'@type': type.googleapis.com/google.protobuf.StringValue, value: x, other: y}\n", []string{`may only have the keys "@type" and "value"`}},
 		{"config value of wrong type", validDeployment + "  filter:\n    image: f\n    config: {'@type': type.googleapis.com/google.protobuf.StringValue, value: {a: b}}\n", []string{"spec.filter.config.value must be a string"}},
+		{"config string over 256 KiB", validDeployment + "  filter:\n    image: f\n    config: " + strings.Repeat("a", 256<<10+1) + "\n", []string{"spec.filter.config must be at most 256 KiB"}},
+		{"StringValue config over 256 KiB", validDeployment + "  filter:\n    image: f\n    config: {'@type': type.googleapis.com/google.protobuf.StringValue, value: " + strings.Repeat("a", 256<<10+1) + "}\n", []string{"spec.filter.config must be at most 256 KiB"}},
 		{"struct config value a string", validDeployment + "  filter:\n    image: f\n    config: {'@type': type.googleapis.com/google.protobuf.Struct, value: x}\n", []string{"an object for Struct"}},
 	}
 	ctx := context.Background()
