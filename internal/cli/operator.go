@@ -23,6 +23,7 @@ type operatorOptions struct {
 	leaderElectionNamespace string
 	cacheUsers              []string
 	resolveInterval         time.Duration
+	cacheReportDelay        time.Duration
 	caFile                  string
 	maxModuleSize           int64
 	logLevel                string
@@ -65,7 +66,7 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 			return operator.Run(cmd.Context(), cfg, operator.Options{
 				MetricsAddr: o.metricsAddr, ProbeAddr: o.probeAddr, ModuleAddr: o.moduleAddr,
 				LeaderElection: o.leaderElect, LeaderElectionNamespace: ns,
-				CacheUsers: o.cacheUsers, ResolveInterval: o.resolveInterval,
+				CacheUsers: o.cacheUsers, ResolveInterval: o.resolveInterval, CacheReportDelay: o.cacheReportDelay,
 				Images: operator.RegistryImages{Options: imgOpts},
 				Scheme: scheme,
 				Log:    zap.New(zap.WriteTo(s.errOut), zap.Level(level)),
@@ -81,6 +82,7 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 	f.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader lease; default $POD_NAMESPACE")
 	f.StringSliceVar(&o.cacheUsers, "cache-user", []string{moduleserver.DefaultAllowedUser}, "user names (ServiceAccounts) allowed to fetch modules")
 	f.DurationVar(&o.resolveInterval, "resolve-interval", 5*time.Minute, "how often image tags are resolved again, so a re-pushed tag rolls out")
+	f.DurationVar(&o.cacheReportDelay, "cache-report-delay", time.Second, "node cache reports within this time cause one pass (and status write) per FilterDeployment; negative: one pass per report")
 	f.StringVar(&o.caFile, "registry-ca-file", "", "PEM file of extra CAs trusted for registries")
 	f.Int64Var(&o.maxModuleSize, "max-module-size", 256<<20, "largest module accepted, in bytes")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")

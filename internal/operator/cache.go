@@ -11,10 +11,10 @@ import (
 
 // reconcileCache waits until every ready node cache holds the module, so no sidecar is told
 // to load a file its node lacks. NodeCaches are watched: a node's report brings the next pass.
-func (r *FilterDeploymentReconciler) reconcileCache(ctx context.Context, fd *wasmev1.FilterDeployment, p *pass) error {
+func (r *FilterDeploymentReconciler) reconcileCache(ctx context.Context, fd *wasmev1.FilterDeployment, _ *pass) (stepResult, error) {
 	var nodes wasmev1.NodeCacheList
 	if err := r.List(ctx, &nodes); err != nil {
-		return fmt.Errorf("listing node caches: %w", err)
+		return stepResult{}, fmt.Errorf("listing node caches: %w", err)
 	}
 	var ready, cached int32
 	for i := range nodes.Items {
@@ -30,19 +30,20 @@ func (r *FilterDeploymentReconciler) reconcileCache(ctx context.Context, fd *was
 		}
 	}
 	fd.Status.CacheNodes, fd.Status.CachedNodes = ready, cached
+	var wait error
 	switch {
 	case ready == 0:
-		p.stop(wasmev1.CachePendingReason, fmt.Errorf("no node cache is ready: is the wasme-cache DaemonSet running?"))
+		wait = waiting(wasmev1.CachePendingReason, 0, fmt.Errorf("no node cache is ready: is the wasme-cache DaemonSet running?"))
 	case cached < ready:
-		p.stop(wasmev1.CachePendingReason, fmt.Errorf("module %s cached on %d/%d nodes", fd.Status.ModuleDigest, cached, ready))
+		wait = waiting(wasmev1.CachePendingReason, 0, fmt.Errorf("module %s cached on %d/%d nodes", fd.Status.ModuleDigest, cached, ready))
 	default:
-		return nil
+		return stepResult{}, nil
 	}
 	// Workloads wait too; say so rather than show a stale state.
 	for name, w := range fd.Status.Workloads {
 		if w.State != wasmev1.WorkloadSucceeded {
-			fd.Status.Workloads[name] = wasmev1.WorkloadStatus{State: wasmev1.WorkloadPending, Reason: p.message}
+			fd.Status.Workloads[name] = wasmev1.WorkloadStatus{State: wasmev1.WorkloadPending, Reason: wait.Error()}
 		}
 	}
-	return nil
+	return stepResult{}, wait
 }

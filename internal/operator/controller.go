@@ -28,6 +28,7 @@ import (
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/istio"
 )
 
 // Image is a filter image as the operator needs it.
@@ -81,6 +82,10 @@ type FilterDeploymentReconciler struct {
 	Modules   ModuleSink
 	// ResolveInterval is how often a tag is resolved again, so a re-pushed tag rolls out.
 	ResolveInterval time.Duration
+	// CacheReportDelay gathers node cache reports: the passes (and status writes) they cause
+	// come at most once per delay for each FilterDeployment, however many nodes report at once.
+	// Zero means every report causes its own pass.
+	CacheReportDelay time.Duration
 
 	images *imageCache
 
@@ -90,19 +95,14 @@ type FilterDeploymentReconciler struct {
 	envoyFiltersWatched bool
 }
 
-// pass carries what one reconcile pass learned, for the deferred status summary.
+// pass carries what the steps of one reconcile pass learned and later steps read.
 type pass struct {
-	// reason and message explain why the pass stopped early; empty when it went through.
-	reason, message string
-	// stalled: nothing changes without a change of the spec or the cluster.
-	stalled bool
-	// requeueAfter, when set, asks for another pass.
-	requeueAfter time.Duration
+	// shape is the EnvoyFilter form for the Istio version reconcileIstio found.
+	shape istio.Shape
 }
 
-func (p *pass) stop(reason string, err error) {
-	p.reason, p.message = reason, err.Error()
-}
+// step is one ordered part of a pass; its error says how the pass ended (see result.go).
+type step func(context.Context, *wasmev1.FilterDeployment, *pass) (stepResult, error)
 
 // SetupWithManager registers the reconciler and its watches.
 func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
@@ -117,7 +117,7 @@ func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&appsv1.Deployment{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&appsv1.DaemonSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&appsv1.StatefulSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
-		Watches(&wasmev1.NodeCache{}, handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsWaitingForCache)).
+		Watches(&wasmev1.NodeCache{}, coalesced(r.filterDeploymentsWaitingForCache, r.CacheReportDelay)).
 		Named("filterdeployment").
 		// Failures back off from a quarter second to two minutes at most (not the default 16
 		// minutes), so a registry or API outage heals soon after it ends.
@@ -158,30 +158,46 @@ func (r *FilterDeploymentReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	}
 
 	orig := fd.DeepCopy()
-	p := &pass{}
+	var res stepResult
+	var stepErr error
 	defer func() {
-		if err := r.summarize(ctx, orig, fd, p, retErr); err != nil {
+		o := outcomeOf(res, stepErr)
+		if err := r.summarize(ctx, orig, fd, o); err != nil {
 			retErr = errors.Join(retErr, err)
 		}
-		if retErr == nil && p.requeueAfter > 0 {
-			result.RequeueAfter = p.requeueAfter
+		if retErr == nil {
+			retErr = o.retErr
+		}
+		if retErr == nil {
+			result.RequeueAfter = o.requeueAfter
 		}
 	}()
 
-	for _, step := range []func(context.Context, *wasmev1.FilterDeployment, *pass) error{
-		r.reconcileImage, r.reconcileIstio, r.reconcileCache, r.reconcileWorkloads,
-	} {
-		if err := step(ctx, fd, p); err != nil || p.reason != "" {
-			return ctrl.Result{}, err
+	p := &pass{}
+	for _, s := range []step{r.reconcileImage, r.reconcileIstio, r.reconcileCache, r.reconcileWorkloads} {
+		sr, err := s(ctx, fd, p)
+		res = res.merge(sr)
+		if err != nil {
+			stepErr = err
+			break
 		}
 	}
-	return ctrl.Result{}, r.releaseUnselected(ctx, fd.Namespace, nil)
+	// Releasing workloads no FilterDeployment selects any more depends on nothing above: a
+	// relabelled workload is released even while the image fails or the caches fill.
+	if err := r.reconcileRelease(ctx, fd); err != nil {
+		stepErr = errors.Join(stepErr, failed(wasmev1.WorkloadFailedReason, err))
+	}
+	return ctrl.Result{}, nil
 }
 
-// summarize sets the conditions from the pass and writes the status once, if it changed.
-func (r *FilterDeploymentReconciler) summarize(ctx context.Context, orig, fd *wasmev1.FilterDeployment, p *pass, err error) error {
+// summarize sets the conditions from the pass's outcome and writes the status once, if it
+// changed. observedGeneration moves only once the generation is handled: done, or stalled.
+func (r *FilterDeploymentReconciler) summarize(ctx context.Context, orig, fd *wasmev1.FilterDeployment, o outcome) error {
 	st := &fd.Status
-	st.ObservedGeneration = fd.Generation
+	gen := fd.Generation
+	if o.handled {
+		st.ObservedGeneration = gen
+	}
 	ok, total := 0, len(st.Workloads)
 	for _, w := range st.Workloads {
 		if w.State == wasmev1.WorkloadSucceeded {
@@ -190,28 +206,24 @@ func (r *FilterDeploymentReconciler) summarize(ctx context.Context, orig, fd *wa
 	}
 	st.WorkloadsReady = fmt.Sprintf("%d/%d", ok, total)
 
-	reason, message := p.reason, p.message
-	if reason == "" && err != nil {
-		reason, message = wasmev1.ProgressingReason, err.Error()
-	}
-	gen := fd.Generation
 	switch {
-	case reason == "":
+	case o.reason == "":
 		st.Reason = ""
 		apimeta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: wasmev1.ReadyCondition, Status: metav1.ConditionTrue,
 			Reason: wasmev1.SucceededReason, Message: fmt.Sprintf("filter on %d/%d workloads", ok, total), ObservedGeneration: gen})
 		apimeta.RemoveStatusCondition(&st.Conditions, wasmev1.ReconcilingCondition)
 		apimeta.RemoveStatusCondition(&st.Conditions, wasmev1.StalledCondition)
 	default:
+		message := truncate(o.message, maxMessageBytes)
 		st.Reason = message
 		apimeta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: wasmev1.ReadyCondition, Status: metav1.ConditionFalse,
-			Reason: reason, Message: message, ObservedGeneration: gen})
+			Reason: o.reason, Message: message, ObservedGeneration: gen})
 		abnormal, other := wasmev1.ReconcilingCondition, wasmev1.StalledCondition
-		if p.stalled {
+		if o.stalled {
 			abnormal, other = other, abnormal
 		}
 		apimeta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: abnormal, Status: metav1.ConditionTrue,
-			Reason: reason, Message: message, ObservedGeneration: gen})
+			Reason: o.reason, Message: message, ObservedGeneration: gen})
 		apimeta.RemoveStatusCondition(&st.Conditions, other)
 	}
 
@@ -279,6 +291,31 @@ func listsModule(nc *wasmev1.NodeCache, digest string) bool {
 		}
 	}
 	return false
+}
+
+// coalesced enqueues what fn maps an event to after delay, so that events within one delay
+// cause one pass: the work queue keeps a key once, at its earliest time.
+func coalesced(fn handler.MapFunc, delay time.Duration) handler.EventHandler {
+	if delay <= 0 {
+		return handler.EnqueueRequestsFromMapFunc(fn)
+	}
+	add := func(ctx context.Context, o client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		for _, req := range fn(ctx, o) {
+			q.AddAfter(req, delay)
+		}
+	}
+	return handler.Funcs{
+		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			add(ctx, e.Object, q)
+		},
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			add(ctx, e.ObjectOld, q)
+			add(ctx, e.ObjectNew, q)
+		},
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			add(ctx, e.Object, q)
+		},
+	}
 }
 
 // deletionPredicate lets through the update that marks a FilterDeployment for deletion,

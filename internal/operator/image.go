@@ -19,62 +19,52 @@ import (
 
 // reconcileImage resolves the image to a digest, pulls it once per digest, validates the module
 // with this FilterDeployment's root id and config, and hands it to the node caches' source.
-func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *wasmev1.FilterDeployment, p *pass) error {
+func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *wasmev1.FilterDeployment, _ *pass) (stepResult, error) {
 	cfg, err := fd.Spec.Filter.DecodeConfig()
 	if err != nil {
-		p.stalled = true
-		p.stop(wasmev1.InvalidSpecReason, err)
-		return nil
+		return stepResult{}, stalling(wasmev1.InvalidSpecReason, err)
 	}
 	opts, err := r.pullOptions(ctx, fd)
 	if err != nil {
 		// Secrets are not watched (the operator may not list them): look again soon.
-		p.stop(wasmev1.ImageFailedReason, err)
-		p.requeueAfter = 30 * time.Second
-		return nil
+		return stepResult{}, waiting(wasmev1.ImageFailedReason, 30*time.Second, err)
 	}
 	ref := fd.Spec.Filter.Image
 	pinned := strings.Contains(ref, "@")
+	// An unpinned tag is resolved again after ResolveInterval, so a re-pushed tag rolls out
+	// (also after a rejected module: the fix may be a new push).
+	var res stepResult
+	if !pinned {
+		res.requeueAfter = r.ResolveInterval
+	}
 
 	digest, err := r.resolve(ctx, fd, ref, pinned, opts)
 	if err != nil {
-		p.stop(wasmev1.ImageFailedReason, fmt.Errorf("resolving image %s: %w", ref, err))
-		return err
+		return res, failed(wasmev1.ImageFailedReason, fmt.Errorf("resolving image %s: %w", ref, err))
 	}
 	img, err := r.fetch(ctx, ref, digest, opts)
 	if err != nil {
-		p.stop(wasmev1.ImageFailedReason, fmt.Errorf("pulling image %s: %w", ref, err))
-		return err
+		return res, failed(wasmev1.ImageFailedReason, fmt.Errorf("pulling image %s: %w", ref, err))
 	}
 	rootID := fd.Spec.Filter.RootID
 	if rootID == "" {
 		if len(img.RootIDs) == 0 {
-			p.stalled = true
-			p.stop(wasmev1.InvalidSpecReason, fmt.Errorf("image %s declares no root id: set spec.filter.rootID", ref))
-			return nil
+			return res, stalling(wasmev1.InvalidSpecReason, fmt.Errorf("image %s declares no root id: set spec.filter.rootID", ref))
 		}
 		rootID = img.RootIDs[0]
 	}
 	if err := r.validate(ctx, img, rootID, cfg.Value); err != nil {
-		p.stalled = true
-		p.stop(wasmev1.ImageFailedReason, fmt.Errorf("module of %s rejected: %w", ref, err))
-		if !pinned {
-			p.requeueAfter = r.ResolveInterval
-		}
-		return nil
+		return res, stalling(wasmev1.ImageFailedReason, fmt.Errorf("module of %s rejected: %w", ref, err))
 	}
 	if r.Modules != nil {
 		if err := r.Modules.Put(img.ModuleDigest, img.Module); err != nil {
-			return fmt.Errorf("handing the module to the node cache source: %w", err)
+			return res, fmt.Errorf("handing the module to the node cache source: %w", err)
 		}
 	}
 	fd.Status.ImageDigest = img.ManifestDigest
 	fd.Status.ModuleDigest = img.ModuleDigest
 	fd.Status.RootID = rootID
-	if !pinned {
-		p.requeueAfter = r.ResolveInterval
-	}
-	return nil
+	return res, nil
 }
 
 // resolve returns the manifest digest of ref: the pinned one, or the tag's, asking the

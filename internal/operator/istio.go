@@ -16,35 +16,29 @@ import (
 
 var envoyFilterKind = schema.GroupKind{Group: "networking.istio.io", Kind: "EnvoyFilter"}
 
-// istioState is what the workload step needs to know of Istio.
-type istioState struct {
-	shape istio.Shape
-}
-
 // reconcileIstio checks that Istio's EnvoyFilter API is served and tells the Istio version:
 // the spec's override, else the istiod Deployments' in spec.deployment.istio.istioNamespace.
-func (r *FilterDeploymentReconciler) reconcileIstio(ctx context.Context, fd *wasmev1.FilterDeployment, p *pass) error {
+// The EnvoyFilter shape for that version goes to the pass; the status only shows the version.
+func (r *FilterDeploymentReconciler) reconcileIstio(ctx context.Context, fd *wasmev1.FilterDeployment, p *pass) (stepResult, error) {
 	if _, err := r.RESTMapper().RESTMapping(envoyFilterKind); err != nil {
 		if apimeta.IsNoMatchError(err) {
-			p.stop(wasmev1.IstioNotFoundReason, fmt.Errorf("the EnvoyFilter API (networking.istio.io) is not installed: install Istio"))
-			p.requeueAfter = 10 * time.Second
-			return nil
+			return stepResult{}, waiting(wasmev1.IstioNotFoundReason, 10*time.Second,
+				fmt.Errorf("the EnvoyFilter API (networking.istio.io) is not installed: install Istio"))
 		}
-		return fmt.Errorf("looking up the EnvoyFilter API: %w", err)
+		return stepResult{}, fmt.Errorf("looking up the EnvoyFilter API: %w", err)
 	}
 	if err := r.ensureEnvoyFilterWatch(); err != nil {
-		return err
+		return stepResult{}, err
 	}
 	spec := fd.Spec.Deployment.Istio
 	if spec.IstioVersion != "" {
 		v, err := istio.ParseVersion(spec.IstioVersion)
 		if err != nil {
-			p.stalled = true
-			p.stop(wasmev1.InvalidSpecReason, fmt.Errorf("spec.deployment.istio.istioVersion: %w", err))
-			return nil
+			return stepResult{}, stalling(wasmev1.InvalidSpecReason, fmt.Errorf("spec.deployment.istio.istioVersion: %w", err))
 		}
 		fd.Status.IstioVersion = v.String()
-		return nil
+		p.shape = istio.ShapeFor(v)
+		return stepResult{}, nil
 	}
 	ns := spec.IstioNamespace
 	if ns == "" {
@@ -52,28 +46,20 @@ func (r *FilterDeploymentReconciler) reconcileIstio(ctx context.Context, fd *was
 	}
 	var deps appsv1.DeploymentList
 	if err := r.List(ctx, &deps, client.InNamespace(ns)); err != nil {
-		return fmt.Errorf("listing Deployments in %s: %w", ns, err)
+		return stepResult{}, fmt.Errorf("listing Deployments in %s: %w", ns, err)
 	}
 	v, known, err := istio.DetectVersion(deps.Items)
 	if err != nil {
 		// istiod Deployments are watched: its arrival brings the next pass.
-		p.stop(wasmev1.IstioNotFoundReason, fmt.Errorf("no istiod Deployment in namespace %s: install Istio, or set spec.deployment.istio.istioNamespace or istioVersion", ns))
-		return nil
+		return stepResult{}, waiting(wasmev1.IstioNotFoundReason, 0,
+			fmt.Errorf("no istiod Deployment in namespace %s: install Istio, or set spec.deployment.istio.istioNamespace or istioVersion", ns))
 	}
+	p.shape = istio.ShapeFor(v)
 	fd.Status.IstioVersion = v.String()
 	if !known {
 		fd.Status.IstioVersion += " (assumed)"
 	}
-	return nil
-}
-
-// shape is the EnvoyFilter form for the version reconcileIstio put in the status.
-func shape(fd *wasmev1.FilterDeployment) istio.Shape {
-	v, err := istio.ParseVersion(fd.Status.IstioVersion)
-	if err != nil {
-		return istio.ShapeFor(istio.Current)
-	}
-	return istio.ShapeFor(v)
+	return stepResult{}, nil
 }
 
 // ensureEnvoyFilterWatch starts the EnvoyFilter watch the first time the API is there.

@@ -1,6 +1,7 @@
 package operator
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"time"
@@ -36,6 +37,9 @@ type Options struct {
 	CacheUsers []string
 	// ResolveInterval is how often tags are resolved again.
 	ResolveInterval time.Duration
+	// CacheReportDelay gathers node cache reports into one pass per FilterDeployment; zero
+	// means one second, negative turns it off.
+	CacheReportDelay time.Duration
 	// Images and Validate default to RegistryImages{} and ValidateModule.
 	Images   ImageSource
 	Validate Validator
@@ -79,12 +83,13 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
 	r := &FilterDeploymentReconciler{
-		Client:          mgr.GetClient(),
-		APIReader:       mgr.GetAPIReader(),
-		Recorder:        mgr.GetEventRecorder(wasmev1.OperatorFieldManager),
-		Images:          o.Images,
-		Validate:        o.Validate,
-		ResolveInterval: o.ResolveInterval,
+		Client:           mgr.GetClient(),
+		APIReader:        mgr.GetAPIReader(),
+		Recorder:         mgr.GetEventRecorder(wasmev1.OperatorFieldManager),
+		Images:           o.Images,
+		Validate:         o.Validate,
+		ResolveInterval:  o.ResolveInterval,
+		CacheReportDelay: cmp.Or(o.CacheReportDelay, time.Second),
 	}
 	ms, err := moduleserver.New(moduleserver.Options{
 		Client:        mgr.GetClient(),

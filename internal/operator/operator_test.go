@@ -307,7 +307,7 @@ func TestSeedWalkthrough(t *testing.T) {
 			t.Errorf("%s is not controlled by the FilterDeployment: %v", ef.Name, ef.OwnerReferences)
 		}
 		want, err := istio.BuildEnvoyFilter(istio.Filter{
-			WorkloadLabels: map[string]string{"app": w.app, "version": "v1"}, ID: "bookinfo-custom-filter.bookinfo",
+			WorkloadLabels: map[string]string{"app": w.app, "version": "v1", operator.CacheMountedLabel: "true"}, ID: "bookinfo-custom-filter.bookinfo",
 			RootID: "add_header", ModuleSHA256: sha, Config: wasmev1.FilterConfig{TypeURL: wasmev1.StringValueType},
 			Context: "SIDECAR_INBOUND", Shape: istio.LegacyShape,
 		})

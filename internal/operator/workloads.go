@@ -14,10 +14,15 @@ import (
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	"k8s.io/client-go/discovery"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -41,6 +46,10 @@ const (
 
 	// WorkloadAnnotation on an EnvoyFilter names the workload it serves ("Kind/name").
 	WorkloadAnnotation = "wasme.io/workload"
+
+	// CacheMountedLabel ("true") on a patched workload's pod template marks pods that mount the
+	// node cache; the workload's EnvoyFilters select it (see filterSelector).
+	CacheMountedLabel = "wasme.io/cache-mounted"
 )
 
 // workloadParallelism bounds the concurrent workload patches of one FilterDeployment.
@@ -114,38 +123,44 @@ func selectorLabels(fd *wasmev1.FilterDeployment) map[string]string {
 	return out
 }
 
-// reconcileWorkloads patches every selected workload and gives it its EnvoyFilter. A failing
-// workload is reported and does not stop the others.
-func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd *wasmev1.FilterDeployment, p *pass) error {
+// selectedWorkloads lists the workloads fd selects, sorted by name.
+func (r *FilterDeploymentReconciler) selectedWorkloads(ctx context.Context, fd *wasmev1.FilterDeployment) ([]workload, error) {
 	kind, err := fd.Spec.Deployment.Istio.WorkloadKind()
 	if err != nil {
-		p.stalled = true
-		p.stop(wasmev1.InvalidSpecReason, err)
-		return nil
+		return nil, stalling(wasmev1.InvalidSpecReason, err)
 	}
 	all, err := r.listWorkloads(ctx, fd.Namespace, kind)
 	if err != nil {
-		return fmt.Errorf("listing %ss: %w", kind, err)
+		return nil, fmt.Errorf("listing %ss: %w", kind, err)
 	}
-	owner := metav1.NewControllerRef(fd, wasmev1.GroupVersion.WithKind("FilterDeployment"))
-	cfg, _ := fd.Spec.Filter.DecodeConfig() // reconcileImage refused an undecodable config
-	ctxName, err := fd.Spec.Filter.EnvoyPatchContext()
-	if err != nil {
-		p.stalled = true
-		p.stop(wasmev1.InvalidSpecReason, err)
-		return nil
-	}
-
-	statuses := map[string]wasmev1.WorkloadStatus{}
-	want := map[string]bool{}
-	var failed []string
 	var selected []workload
 	for _, w := range all {
 		if selects(fd, w) {
 			selected = append(selected, w)
-			want[w.name+"-"+fd.FilterID()] = true
 		}
 	}
+	return selected, nil
+}
+
+// envoyFilterName is the EnvoyFilter wasme writes for one workload of fd.
+func envoyFilterName(fd *wasmev1.FilterDeployment, w workload) string {
+	return w.name + "-" + fd.FilterID()
+}
+
+// reconcileWorkloads patches every selected workload and gives it its EnvoyFilter. A failing
+// workload is reported and does not stop the others.
+func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd *wasmev1.FilterDeployment, p *pass) (stepResult, error) {
+	ctxName, err := fd.Spec.Filter.EnvoyPatchContext()
+	if err != nil {
+		return stepResult{}, stalling(wasmev1.InvalidSpecReason, err)
+	}
+	selected, err := r.selectedWorkloads(ctx, fd)
+	if err != nil {
+		return stepResult{}, err
+	}
+	owner := metav1.NewControllerRef(fd, wasmev1.GroupVersion.WithKind("FilterDeployment"))
+	cfg, _ := fd.Spec.Filter.DecodeConfig() // reconcileImage refused an undecodable config
+
 	// Workloads are independent: apply them a few at a time, so a namespace of hundreds does
 	// not cost hundreds of sequential round trips.
 	errs := make([]error, len(selected))
@@ -156,39 +171,76 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 			errs[i] = r.patchWorkload(gctx, w)
 			if errs[i] == nil {
 				errs[i] = r.applyEnvoyFilter(gctx, fd, istio.Filter{
-					Name: w.name + "-" + fd.FilterID(), Namespace: fd.Namespace, WorkloadLabels: w.templateLabels,
+					Name: envoyFilterName(fd, w), Namespace: fd.Namespace, WorkloadLabels: filterSelector(w),
 					ID: fd.FilterID(), RootID: fd.Status.RootID,
 					ModuleSHA256: strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:"),
-					Config:       cfg, Context: ctxName, Shape: shape(fd), Owner: owner,
+					Config:       cfg, Context: ctxName, Shape: p.shape, Owner: owner,
 				}, w)
 			}
 			return nil
 		})
 	}
 	_ = g.Wait() // failures are per workload, in errs
+	statuses := map[string]wasmev1.WorkloadStatus{}
+	var failures []string
 	for i, w := range selected {
 		if err := errs[i]; err != nil {
-			statuses[w.name] = wasmev1.WorkloadStatus{State: wasmev1.WorkloadFailed, Reason: err.Error()}
-			failed = append(failed, fmt.Sprintf("%s: %v", w.name, err))
+			statuses[w.name] = wasmev1.WorkloadStatus{State: wasmev1.WorkloadFailed, Reason: truncate(err.Error(), maxMessageBytes)}
+			failures = append(failures, fmt.Sprintf("%s: %v", w.name, err))
 			continue
 		}
 		statuses[w.name] = wasmev1.WorkloadStatus{State: wasmev1.WorkloadSucceeded}
 	}
 	fd.Status.Workloads = statuses
+	switch {
+	case len(failures) > 0:
+		return stepResult{}, failed(wasmev1.WorkloadFailedReason,
+			fmt.Errorf("applying filter to %d of %d workloads failed: %s", len(failures), len(selected), listSome(failures)))
+	case len(selected) == 0:
+		kind, _ := fd.Spec.Deployment.Istio.WorkloadKind()
+		// Workloads are watched: one that comes or is relabelled brings the next pass.
+		return stepResult{}, waiting(wasmev1.NoWorkloadsReason, 0,
+			fmt.Errorf("no %s in namespace %s matches labels %v", kind, fd.Namespace, selectorLabels(fd)))
+	}
+	fd.Status.DeployedModuleDigest = fd.Status.ModuleDigest
+	return stepResult{}, nil
+}
+
+// filterSelector selects the pods of w that mount the node cache: the pod template's labels
+// plus CacheMountedLabel, which is added in the same patch as the mount. Pods started before the
+// patch lack both, so they are never handed a filter whose module they cannot read (Envoy
+// would NACK the listener and keep running without it until the pod rolls).
+func filterSelector(w workload) map[string]string {
+	sel := maps.Clone(w.templateLabels)
+	if sel == nil {
+		sel = map[string]string{}
+	}
+	sel[CacheMountedLabel] = "true"
+	return sel
+}
+
+// reconcileRelease undoes what wasme did for workloads no FilterDeployment selects any more:
+// this FilterDeployment's EnvoyFilters of unselected workloads first (so no pod is left with a
+// filter and no mount), then wasme's annotations on workloads no live FilterDeployment selects.
+// It depends on neither the image nor the node caches, so a workload relabelled away is released
+// even while those fail or wait.
+func (r *FilterDeploymentReconciler) reconcileRelease(ctx context.Context, fd *wasmev1.FilterDeployment) error {
+	selected, err := r.selectedWorkloads(ctx, fd)
+	if err != nil {
+		var st *stallingError
+		if !errors.As(err, &st) {
+			return err
+		}
+		selected = nil // an invalid kind selects nothing
+	}
+	want := map[string]bool{}
+	for _, w := range selected {
+		want[envoyFilterName(fd, w)] = true
+	}
 	if err := r.deleteStaleEnvoyFilters(ctx, fd, want); err != nil {
 		return err
 	}
-	if len(failed) == 0 {
-		fd.Status.DeployedModuleDigest = fd.Status.ModuleDigest
-	}
-	switch {
-	case len(failed) > 0:
-		p.stop(wasmev1.WorkloadFailedReason, fmt.Errorf("applying filter to workloads: %s", strings.Join(failed, "; ")))
-		return errors.New(p.message)
-	case len(statuses) == 0:
-		p.stop(wasmev1.NoWorkloadsReason, fmt.Errorf("no %s in namespace %s matches labels %v", kind, fd.Namespace, selectorLabels(fd)))
-	}
-	return nil
+	return r.releaseUnselected(ctx, fd.Namespace, nil)
 }
 
 // applyEnvoyFilter creates or updates the workload's EnvoyFilter, and writes nothing when it is
@@ -220,7 +272,9 @@ func (r *FilterDeploymentReconciler) applyEnvoyFilter(ctx context.Context, fd *w
 	if err != nil {
 		return err
 	}
-	if err := r.Patch(ctx, u, client.Apply, client.FieldOwner(wasmev1.OperatorFieldManager), client.ForceOwnership); err != nil { //nolint:staticcheck // unstructured apply
+	// Istio's generated apply configurations do not implement runtime.ApplyConfiguration, so the
+	// EnvoyFilter goes through its unstructured form.
+	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(wasmev1.OperatorFieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying EnvoyFilter %s: %w", ef.Name, err)
 	}
 	return nil
@@ -251,17 +305,28 @@ func toUnstructured(o client.Object) (*unstructured.Unstructured, error) {
 func (r *FilterDeploymentReconciler) deleteStaleEnvoyFilters(ctx context.Context, fd *wasmev1.FilterDeployment, want map[string]bool) error {
 	var efs networkingv1alpha3.EnvoyFilterList
 	if err := r.List(ctx, &efs, client.InNamespace(fd.Namespace)); err != nil {
+		if envoyFilterAPIGone(err) {
+			// No EnvoyFilter API, no EnvoyFilter left: deletion must not wait for Istio forever.
+			return nil
+		}
 		return fmt.Errorf("listing EnvoyFilters: %w", err)
 	}
 	for _, ef := range efs.Items {
 		if want[ef.Name] || !metav1.IsControlledBy(ef, fd) {
 			continue
 		}
-		if err := r.Delete(ctx, ef); client.IgnoreNotFound(err) != nil {
+		if err := r.Delete(ctx, ef); client.IgnoreNotFound(err) != nil && !envoyFilterAPIGone(err) {
 			return fmt.Errorf("deleting stale EnvoyFilter %s: %w", ef.Name, err)
 		}
 	}
 	return nil
+}
+
+// envoyFilterAPIGone tells whether err says Istio's EnvoyFilter API is not served (its CRD was
+// removed, or never installed).
+func envoyFilterAPIGone(err error) bool {
+	return apimeta.IsNoMatchError(err) || errors.Is(err, &apimeta.NoKindMatchError{}) ||
+		discovery.IsGroupDiscoveryFailedError(err)
 }
 
 // patchWorkload merges the cache volume into the workload's sidecar annotations. The first
@@ -283,10 +348,12 @@ func (r *FilterDeploymentReconciler) patchWorkload(ctx context.Context, w worklo
 	recorded, _ := json.Marshal(orig)
 	if w.annotations[OriginalAnnotation] == string(recorded) &&
 		w.templateAnnotations[UserVolumeAnnotation] == want[UserVolumeAnnotation] &&
-		w.templateAnnotations[UserVolumeMountAnnotation] == want[UserVolumeMountAnnotation] {
+		w.templateAnnotations[UserVolumeMountAnnotation] == want[UserVolumeMountAnnotation] &&
+		w.templateLabels[CacheMountedLabel] == "true" {
 		return nil
 	}
-	return r.applyWorkload(ctx, w, map[string]string{OriginalAnnotation: string(recorded)}, want)
+	return r.applyWorkload(ctx, w, map[string]string{OriginalAnnotation: string(recorded)}, want,
+		map[string]string{CacheMountedLabel: "true"})
 }
 
 // releaseWorkload undoes patchWorkload: it applies the recorded user values alone, which
@@ -296,7 +363,7 @@ func (r *FilterDeploymentReconciler) releaseWorkload(ctx context.Context, w work
 	if err != nil {
 		return err
 	}
-	return r.applyWorkload(ctx, w, nil, orig)
+	return r.applyWorkload(ctx, w, nil, orig, nil)
 }
 
 // originals are the user's values of the sidecar annotations: as recorded, or, on a workload
@@ -348,23 +415,28 @@ func mergeVolumes(user, ours string) (string, error) {
 }
 
 // applyWorkload server-side applies exactly these annotations as wasme's, on the workload's
-// metadata and on its pod template; annotations wasme applied before and left out are removed.
-func (r *FilterDeploymentReconciler) applyWorkload(ctx context.Context, w workload, meta, template map[string]string) error {
-	u := &unstructured.Unstructured{}
-	u.SetAPIVersion("apps/v1")
-	u.SetKind(w.kind)
-	u.SetNamespace(w.namespace)
-	u.SetName(w.name)
-	if len(meta) > 0 {
-		u.SetAnnotations(meta)
-	}
+// metadata and on its pod template, and these labels on its pod template; annotations and
+// labels wasme applied before and left out are removed.
+func (r *FilterDeploymentReconciler) applyWorkload(ctx context.Context, w workload, meta, template, templateLabels map[string]string) error {
+	tmpl := corev1ac.PodTemplateSpec()
 	if len(template) > 0 {
-		if err := unstructured.SetNestedStringMap(u.Object, template, "spec", "template", "metadata", "annotations"); err != nil {
-			return err
-		}
+		tmpl.WithAnnotations(template)
 	}
-	err := r.Patch(ctx, u, client.Apply, client.FieldOwner(wasmev1.OperatorFieldManager), client.ForceOwnership) //nolint:staticcheck // unstructured apply
-	if err != nil {
+	if len(templateLabels) > 0 {
+		tmpl.WithLabels(templateLabels)
+	}
+	var ac runtime.ApplyConfiguration
+	switch w.kind {
+	case "Deployment":
+		ac = appsv1ac.Deployment(w.name, w.namespace).WithAnnotations(meta).WithSpec(appsv1ac.DeploymentSpec().WithTemplate(tmpl))
+	case "DaemonSet":
+		ac = appsv1ac.DaemonSet(w.name, w.namespace).WithAnnotations(meta).WithSpec(appsv1ac.DaemonSetSpec().WithTemplate(tmpl))
+	case "StatefulSet":
+		ac = appsv1ac.StatefulSet(w.name, w.namespace).WithAnnotations(meta).WithSpec(appsv1ac.StatefulSetSpec().WithTemplate(tmpl))
+	default:
+		return fmt.Errorf("unknown workload kind %q", w.kind)
+	}
+	if err := r.Apply(ctx, ac, client.FieldOwner(wasmev1.OperatorFieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("patching %s %s: %w", w.kind, w.name, err)
 	}
 	return nil

@@ -1,0 +1,220 @@
+package operator
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	apinetworking "istio.io/api/networking/v1alpha3"
+	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	wasmev1 "wasme.io/wasme/api/v1"
+)
+
+func TestMergeVolumes(t *testing.T) {
+	const ours = UserVolume
+	for _, tc := range []struct {
+		name, user, want, err string
+	}{
+		{name: "none", user: "", want: ours},
+		{name: "blank", user: "  ", want: ours},
+		{name: "user list kept, ours appended", user: `[{"name":"certs","secret":{"secretName":"x"}}]`,
+			want: `[{"name":"certs","secret":{"secretName":"x"}},{"name":"cache-dir","hostPath":{"path":"/var/local/lib/wasme-cache"}}]`},
+		{name: "same entry already there", user: `[{"hostPath":{"path":"/var/local/lib/wasme-cache"},"name":"cache-dir"}]`,
+			want: `[{"hostPath":{"path":"/var/local/lib/wasme-cache"},"name":"cache-dir"}]`},
+		{name: "other entry with our name", user: `[{"name":"cache-dir","emptyDir":{}}]`, err: "different entry named cache-dir"},
+		{name: "not a list", user: `{"name":"x"}`, err: "not a JSON list"},
+		{name: "list of non-objects", user: `[1,2]`, err: "not a JSON list of objects"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := mergeVolumes(tc.user, ours)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("mergeVolumes(%q) = %q, %v; want %q", tc.user, got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestOriginals(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		w    workload
+		want map[string]string
+		err  bool
+	}{
+		{name: "unpatched, no annotations", w: workload{}, want: map[string]string{}},
+		{name: "unpatched, the user's own", w: workload{templateAnnotations: map[string]string{UserVolumeAnnotation: "[]", "other": "x"}},
+			want: map[string]string{UserVolumeAnnotation: "[]"}},
+		{name: "patched: the record wins over the current merge",
+			w: workload{annotations: map[string]string{OriginalAnnotation: `{"sidecar.istio.io/userVolume":"[1]"}`},
+				templateAnnotations: map[string]string{UserVolumeAnnotation: "merged"}},
+			want: map[string]string{UserVolumeAnnotation: "[1]"}},
+		{name: "patched, user had none", w: workload{annotations: map[string]string{OriginalAnnotation: `{}`},
+			templateAnnotations: map[string]string{UserVolumeAnnotation: UserVolume}}, want: map[string]string{}},
+		{name: "broken record", w: workload{annotations: map[string]string{OriginalAnnotation: `[`}}, err: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := originals(tc.w)
+			if tc.err != (err != nil) {
+				t.Fatalf("err = %v", err)
+			}
+			if !tc.err && fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Fatalf("originals = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSelects(t *testing.T) {
+	fd := func(kind string, labels map[string]wasmev1.LabelValue) *wasmev1.FilterDeployment {
+		f := &wasmev1.FilterDeployment{ObjectMeta: metav1.ObjectMeta{Namespace: "ns"}}
+		f.Spec.Deployment.Istio.Kind = kind
+		f.Spec.Deployment.Istio.Labels = labels
+		return f
+	}
+	w := workload{kind: "Deployment", name: "d", namespace: "ns", labels: map[string]string{"app": "a"},
+		templateLabels: map[string]string{"app": "a", "version": "v1"}}
+	for _, tc := range []struct {
+		name string
+		fd   *wasmev1.FilterDeployment
+		w    workload
+		want bool
+	}{
+		{"no labels selects every workload of the kind", fd("", nil), w, true},
+		{"kind in any case", fd("deployment", nil), w, true},
+		{"other kind", fd("DaemonSet", nil), w, false},
+		{"other namespace", fd("", nil), workload{kind: "Deployment", namespace: "other"}, false},
+		{"own labels", fd("", map[string]wasmev1.LabelValue{"app": "a"}), w, true},
+		{"template labels only", fd("", map[string]wasmev1.LabelValue{"version": "v1"}), w, true},
+		{"split across own and template does not count", fd("", map[string]wasmev1.LabelValue{"app": "a", "version": "v1"}),
+			workload{kind: "Deployment", namespace: "ns", labels: map[string]string{"app": "a"}, templateLabels: map[string]string{"version": "v1"}}, false},
+		{"value differs", fd("", map[string]wasmev1.LabelValue{"app": "b"}), w, false},
+		{"unknown kind", fd("CronJob", nil), w, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := selects(tc.fd, tc.w); got != tc.want {
+				t.Fatalf("selects = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSameEnvoyFilter(t *testing.T) {
+	base := func() *networkingv1alpha3.EnvoyFilter {
+		ef := &networkingv1alpha3.EnvoyFilter{}
+		ef.Labels = map[string]string{"a": "b"}
+		ef.Annotations = map[string]string{WorkloadAnnotation: "Deployment/x", "kubectl": "ignored"}
+		ef.Spec.WorkloadSelector = &apinetworking.WorkloadSelector{Labels: map[string]string{"app": "x"}}
+		return ef
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*networkingv1alpha3.EnvoyFilter)
+		want   bool
+	}{
+		{"identical", func(*networkingv1alpha3.EnvoyFilter) {}, true},
+		{"other annotations do not count", func(ef *networkingv1alpha3.EnvoyFilter) { ef.Annotations["kubectl"] = "changed" }, true},
+		{"spec differs", func(ef *networkingv1alpha3.EnvoyFilter) { ef.Spec.WorkloadSelector.Labels["app"] = "y" }, false},
+		{"labels differ", func(ef *networkingv1alpha3.EnvoyFilter) { ef.Labels["a"] = "c" }, false},
+		{"workload differs", func(ef *networkingv1alpha3.EnvoyFilter) { ef.Annotations[WorkloadAnnotation] = "Deployment/y" }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cur := base()
+			tc.mutate(cur)
+			if got := sameEnvoyFilter(cur, base()); got != tc.want {
+				t.Fatalf("sameEnvoyFilter = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFilterSelector(t *testing.T) {
+	w := workload{templateLabels: map[string]string{"app": "a"}}
+	got := filterSelector(w)
+	if got["app"] != "a" || got[CacheMountedLabel] != "true" || len(got) != 2 {
+		t.Fatalf("filterSelector = %v", got)
+	}
+	if _, ok := w.templateLabels[CacheMountedLabel]; ok {
+		t.Fatal("filterSelector changed the workload's labels")
+	}
+	if got := filterSelector(workload{}); got[CacheMountedLabel] != "true" {
+		t.Fatalf("filterSelector without labels = %v", got)
+	}
+}
+
+func TestOutcomeOf(t *testing.T) {
+	boom := errors.New("boom")
+	for _, tc := range []struct {
+		name string
+		res  stepResult
+		err  error
+		want outcome
+	}{
+		{"success keeps the requeue", stepResult{time.Minute}, nil, outcome{handled: true, requeueAfter: time.Minute}},
+		{"stalled counts as handled, no retry", stepResult{time.Minute}, stalling("R", boom),
+			outcome{reason: "R", message: "boom", stalled: true, handled: true, requeueAfter: time.Minute}},
+		{"waiting takes the sooner requeue", stepResult{time.Minute}, waiting("W", time.Second, boom),
+			outcome{reason: "W", message: "boom", requeueAfter: time.Second}},
+		{"waiting on a watch", stepResult{}, waiting("W", 0, boom), outcome{reason: "W", message: "boom"}},
+		{"wrapped waiting", stepResult{}, fmt.Errorf("ctx: %w", waiting("W", 0, boom)), outcome{reason: "W", message: "ctx: boom"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := outcomeOf(tc.res, tc.err); got != tc.want {
+				t.Fatalf("outcomeOf = %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+	// Failures are retried with backoff: the error goes back to the work queue.
+	g := failed("F", boom)
+	if o := outcomeOf(stepResult{time.Minute}, g); o.reason != "F" || o.retErr != g || o.handled || o.requeueAfter != 0 {
+		t.Fatalf("failed: %+v", o)
+	}
+	if o := outcomeOf(stepResult{}, boom); o.reason != wasmev1.ProgressingReason || o.retErr != boom {
+		t.Fatalf("plain error: %+v", o)
+	}
+}
+
+func TestListSome(t *testing.T) {
+	items := func(n, size int) []string {
+		var out []string
+		for i := range n {
+			out = append(out, fmt.Sprintf("w%03d: %s", i, strings.Repeat("x", size)))
+		}
+		return out
+	}
+	if got := listSome(items(2, 1)); got != "w000: x; w001: x" {
+		t.Fatalf("two items: %q", got)
+	}
+	got := listSome(items(300, 10))
+	if !strings.HasSuffix(got, fmt.Sprintf(" … and %d more", 300-maxListed)) || strings.Count(got, "; ") != maxListed-1 {
+		t.Fatalf("300 items: %q", got)
+	}
+	got = listSome(items(50, 1000))
+	if len(got) > maxMessageBytes+32 || !strings.Contains(got, "more") {
+		t.Fatalf("long items: %d bytes, %q", len(got), got[len(got)-40:])
+	}
+	if got := listSome(items(1, 10_000)); !strings.HasSuffix(got, "… and 1 more") {
+		t.Fatalf("one huge item: %q", got)
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	if got := truncate("short", 10); got != "short" {
+		t.Fatal(got)
+	}
+	s := strings.Repeat("é", 100) // two bytes each
+	got := truncate(s, 51)
+	if len(got) > 51 || !utf8.ValidString(got) || !strings.HasSuffix(got, " …") {
+		t.Fatalf("truncate = %q (%d bytes)", got, len(got))
+	}
+}
