@@ -193,16 +193,30 @@ func (f fields) serialize() []byte {
 	return b
 }
 
-// parseFields decodes a serialized map, refusing any length that points outside of b.
-func parseFields(b []byte) (fields, bool) {
-	if len(b) == 0 || (len(b) == 1 && b[0] == 0) {
-		return nil, true
+// byteSize is what Envoy's HeaderMap::byteSize reports: the sum of key and value lengths.
+func (f fields) byteSize() int {
+	n := 0
+	for _, p := range f {
+		n += len(p.key) + len(p.value)
 	}
-	if len(b) < 4 {
+	return n
+}
+
+// Envoy's bounds on a serialized map from the guest (include/proxy-wasm/limits.h).
+const (
+	pairsMaxBytes = 1 << 20
+	pairsMaxCount = 1024
+)
+
+// parseFields decodes a serialized map the way Envoy's PairsUtil::toPairs does: every key and
+// value NUL-terminated, nothing left over, at most 1024 pairs in 1 MiB. Anything else is not a
+// map (false); callers treat it as empty, as Envoy does.
+func parseFields(b []byte) (fields, bool) {
+	if len(b) < 4 || len(b) > pairsMaxBytes {
 		return nil, false
 	}
 	n := uint64(binary.LittleEndian.Uint32(b))
-	if n > uint64(len(b)-4)/8 {
+	if n > pairsMaxCount || n > uint64(len(b)-4)/8 {
 		return nil, false
 	}
 	lens := b[4 : 4+8*n]
@@ -211,7 +225,7 @@ func parseFields(b []byte) (fields, bool) {
 	for i := uint64(0); i < n; i++ {
 		kl := uint64(binary.LittleEndian.Uint32(lens[8*i:]))
 		vl := uint64(binary.LittleEndian.Uint32(lens[8*i+4:]))
-		if kl+1+vl+1 > uint64(len(data)) {
+		if kl+1+vl+1 > uint64(len(data)) || data[kl] != 0 || data[kl+1+vl] != 0 {
 			return nil, false
 		}
 		k := string(data[:kl])
@@ -219,6 +233,9 @@ func parseFields(b []byte) (fields, bool) {
 		v := string(data[:vl])
 		data = data[vl+1:]
 		out = append(out, pair{k, v})
+	}
+	if len(data) != 0 {
+		return nil, false
 	}
 	return out, true
 }

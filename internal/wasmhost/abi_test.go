@@ -43,7 +43,7 @@ type abiEnv struct {
 func newABIEnv(t testing.TB) *abiEnv {
 	p, _ := newPlugin(t, PluginConfig{
 		Module: probe(t), Name: "probe-plugin", RootID: "probe-root", VMID: "vm-" + t.Name(),
-		Configuration: []byte("hello config"), LogLevel: LogDebug, PoolSize: 1,
+		Configuration: []byte("hello config"), VMConfiguration: []byte("vm config"), LogLevel: LogDebug, PoolSize: 1,
 	})
 	in, err := p.acquire(context.Background())
 	if err != nil {
@@ -95,6 +95,30 @@ func (e *abiEnv) call(op string, args ...uint32) (Status, error) {
 func (e *abiEnv) u32(addr uint32) uint32 {
 	v, _ := e.in.mod.Memory().ReadUint32Le(addr)
 	return v
+}
+
+func (e *abiEnv) put32(addr, v uint32) { e.in.mod.Memory().WriteUint32Le(addr, v) }
+
+// poison fills the data and size return slots, so a test sees whether the host wrote them.
+func (e *abiEnv) poison() {
+	e.put32(e.ret, 0xdeadbeef)
+	e.put32(e.ret+4, 0xdeadbeef)
+}
+
+// wantNull: the host wrote a null pointer and size 0, as Envoy's copyToPointerSize does for
+// an empty value (include/proxy-wasm/wasm.h).
+func wantNull(t *testing.T, e *abiEnv) {
+	if p, n := e.u32(e.ret), e.u32(e.ret+4); p != 0 || n != 0 {
+		t.Errorf("returned pointer %#x size %#x, want 0 and 0", p, n)
+	}
+}
+
+// wantHeadersCleared: malformed pairs are read as none (pairs_util.cc toPairs), so setting
+// them empties the map.
+func wantHeadersCleared(t *testing.T, e *abiEnv) {
+	if len(e.s.reqHeaders.f) != 0 {
+		t.Errorf("headers %v, want none", e.s.reqHeaders.f)
+	}
 }
 
 // returned is what the host handed back through the data and size return pointers.
@@ -164,15 +188,20 @@ func TestHostFunctionConformance(t *testing.T) {
 			}},
 		{"current time out of bounds", "proxy_get_current_time_nanoseconds", args(func(e *abiEnv) []uint32 { return []uint32{bad} }), StatusInvalidMemoryAccess, nil},
 
-		// buffers
-		{"plugin configuration", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufPluginConfiguration, 0, 100, e.ret, e.ret + 4} }), StatusOK, wantReturned("hello config")},
-		{"configuration slice", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufPluginConfiguration, 6, 3, e.ret, e.ret + 4} }), StatusOK, wantReturned("con")},
+		// buffers: proxy-wasm-cpp-host src/exports.cc get_buffer_bytes/set_buffer_bytes/
+		// get_buffer_status, Envoy source/extensions/common/wasm/context.cc Context::getBuffer
+		// and Buffer::copyFrom.
+		{"VM configuration, from any context", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufVMConfiguration, 0, 100, e.ret, e.ret + 4} }), StatusOK, wantReturned("vm config")},
+		{"VM configuration slice", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufVMConfiguration, 3, 3, e.ret, e.ret + 4} }), StatusOK, wantReturned("con")},
+		{"plugin configuration only in proxy_on_configure", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufPluginConfiguration, 0, 100, e.ret, e.ret + 4} }), StatusNotFound, nil},
 		{"request body", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufRequestBody, 0, 100, e.ret, e.ret + 4} }), StatusOK, wantReturned("body")},
-		{"start past the end", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufRequestBody, 5, 1, e.ret, e.ret + 4} }), StatusBadArgument, nil},
+		{"start past the end reads nothing", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { e.poison(); return []uint32{bufRequestBody, 5, 1, e.ret, e.ret + 4} }), StatusOK, wantNull},
+		{"zero length writes a null pointer and size 0", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { e.poison(); return []uint32{bufRequestBody, 0, 0, e.ret, e.ret + 4} }), StatusOK, wantNull},
 		{"unknown buffer type", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{99, 0, 1, e.ret, e.ret + 4} }), StatusBadArgument, nil},
-		{"response body not there yet", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufResponseBody, 0, 1, e.ret, e.ret + 4} }), StatusNotFound, nil},
-		{"no TCP data in HTTP", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufDownstreamData, 0, 1, e.ret, e.ret + 4} }), StatusNotFound, nil},
-		{"buffer return pointer out of bounds", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufPluginConfiguration, 0, 100, bad, e.ret + 4} }), StatusInvalidMemoryAccess, nil},
+		{"response body outside its callback is empty", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { e.poison(); return []uint32{bufResponseBody, 0, 1, e.ret, e.ret + 4} }), StatusOK, wantNull},
+		{"TCP data in HTTP is empty", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { e.poison(); return []uint32{bufDownstreamData, 0, 1, e.ret, e.ret + 4} }), StatusOK, wantNull},
+		{"no HTTP call response", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufHTTPCallResponse, 0, 1, e.ret, e.ret + 4} }), StatusNotFound, nil},
+		{"buffer return pointer out of bounds", "proxy_get_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufVMConfiguration, 0, 100, bad, e.ret + 4} }), StatusInvalidMemoryAccess, nil},
 		{"replace body", "proxy_set_buffer_bytes", args(func(e *abiEnv) []uint32 { p, n := e.str("new"); return []uint32{bufRequestBody, 0, 0xffffffff, p, n} }), StatusOK,
 			func(t *testing.T, e *abiEnv) {
 				if string(e.s.reqBody.data) != "new" {
@@ -189,22 +218,35 @@ func TestHostFunctionConformance(t *testing.T) {
 					t.Errorf("body %q", e.s.reqBody.data)
 				}
 			}},
-		{"configuration is read-only", "proxy_set_buffer_bytes", args(func(e *abiEnv) []uint32 { p, n := e.str("x"); return []uint32{bufPluginConfiguration, 0, 0, p, n} }), StatusBadArgument, nil},
-		{"set body data out of bounds", "proxy_set_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufRequestBody, 0, 0, bad, 4} }), StatusInvalidMemoryAccess, nil},
-		{"buffer status", "proxy_get_buffer_status", args(func(e *abiEnv) []uint32 { return []uint32{bufRequestBody, e.ret, e.ret + 4} }), StatusOK,
+		{"edit inside the body", "proxy_set_buffer_bytes", args(func(e *abiEnv) []uint32 { p, n := e.str("x"); return []uint32{bufRequestBody, 1, 2, p, n} }), StatusBadArgument,
 			func(t *testing.T, e *abiEnv) {
-				if e.u32(e.ret) != 4 {
-					t.Errorf("size %d", e.u32(e.ret))
+				if string(e.s.reqBody.data) != "body" {
+					t.Errorf("body %q", e.s.reqBody.data)
 				}
 			}},
+		{"configuration is read-only", "proxy_set_buffer_bytes", args(func(e *abiEnv) []uint32 { p, n := e.str("x"); return []uint32{bufVMConfiguration, 0, 0, p, n} }), StatusBadArgument, nil},
+		{"response body outside its callback is read-only", "proxy_set_buffer_bytes", args(func(e *abiEnv) []uint32 { p, n := e.str("x"); return []uint32{bufResponseBody, 0, 0, p, n} }), StatusBadArgument, nil},
+		{"set unknown buffer type", "proxy_set_buffer_bytes", args(func(e *abiEnv) []uint32 { p, n := e.str("x"); return []uint32{9, 0, 0, p, n} }), StatusBadArgument, nil},
+		{"set body data out of bounds", "proxy_set_buffer_bytes", args(func(e *abiEnv) []uint32 { return []uint32{bufRequestBody, 0, 0, bad, 4} }), StatusInvalidMemoryAccess, nil},
+		{"buffer status", "proxy_get_buffer_status", args(func(e *abiEnv) []uint32 { e.poison(); return []uint32{bufRequestBody, e.ret, e.ret + 4} }), StatusOK,
+			func(t *testing.T, e *abiEnv) {
+				if e.u32(e.ret) != 4 || e.u32(e.ret+4) != 0 {
+					t.Errorf("size %d flags %d", e.u32(e.ret), e.u32(e.ret+4))
+				}
+			}},
+		{"buffer status of no HTTP call", "proxy_get_buffer_status", args(func(e *abiEnv) []uint32 { return []uint32{bufHTTPCallResponse, e.ret, e.ret + 4} }), StatusNotFound, nil},
+		{"buffer status bad type", "proxy_get_buffer_status", args(func(e *abiEnv) []uint32 { return []uint32{9, e.ret, e.ret + 4} }), StatusBadArgument, nil},
+		{"buffer status out of bounds", "proxy_get_buffer_status", args(func(e *abiEnv) []uint32 { return []uint32{bufRequestBody, bad, e.ret} }), StatusInvalidMemoryAccess, nil},
 
-		// header maps
+		// header maps: exports.cc *_header_map_*, context.cc Context::getMap/getConstMap and
+		// getHeaderMapValue/getHeaderMapPairs/getHeaderMapSize.
 		{"get :method", "proxy_get_header_map_value", args(hdr(mapRequestHeaders, ":method")), StatusOK, wantReturned("GET")},
 		{"get is case-insensitive", "proxy_get_header_map_value", args(hdr(mapRequestHeaders, "User-Agent")), StatusOK, wantReturned("abi-test")},
 		{"missing header", "proxy_get_header_map_value", args(hdr(mapRequestHeaders, "x-nope")), StatusNotFound, nil},
 		{"bad header map type", "proxy_get_header_map_value", args(hdr(99, ":method")), StatusBadArgument, nil},
-		{"response headers not there yet", "proxy_get_header_map_value", args(hdr(mapResponseHeaders, ":status")), StatusNotFound, nil},
-		{"no gRPC metadata in HTTP", "proxy_get_header_map_value", args(hdr(mapGrpcInitialMetadata, "a")), StatusNotFound, nil},
+		{"response headers not there yet", "proxy_get_header_map_value", args(hdr(mapResponseHeaders, ":status")), StatusBadArgument, nil},
+		{"no gRPC metadata in HTTP", "proxy_get_header_map_value", args(hdr(mapGrpcInitialMetadata, "a")), StatusBadArgument, nil},
+		{"request headers already passed on", "proxy_get_header_map_value", args(func(e *abiEnv) []uint32 { e.s.reqHeaders.sealed = true; return hdr(mapRequestHeaders, ":method")(e) }), StatusBadArgument, nil},
 		{"header key out of bounds", "proxy_get_header_map_value", args(func(e *abiEnv) []uint32 { return []uint32{0, bad, 3, e.ret, e.ret + 4} }), StatusInvalidMemoryAccess, nil},
 		{"header return out of bounds", "proxy_get_header_map_value", args(func(e *abiEnv) []uint32 { k, n := e.str(":method"); return []uint32{0, k, n, e.ret, bad} }), StatusInvalidMemoryAccess, nil},
 		{"add header", "proxy_add_header_map_value", args(kv(mapRequestHeaders, "X-New", "1")), StatusOK,
@@ -227,7 +269,24 @@ func TestHostFunctionConformance(t *testing.T) {
 					t.Error("still there")
 				}
 			}},
-		{"sealed map is read-only", "proxy_add_header_map_value", args(func(e *abiEnv) []uint32 { e.s.reqHeaders.sealed = true; return kv(0, "a", "b")(e) }), StatusBadArgument, nil},
+		{"add to a map already passed on", "proxy_add_header_map_value", args(func(e *abiEnv) []uint32 { e.s.reqHeaders.sealed = true; return kv(0, "a", "b")(e) }), StatusBadArgument, nil},
+		{"add to response headers not there yet", "proxy_add_header_map_value", args(kv(mapResponseHeaders, "a", "b")), StatusBadArgument, nil},
+		{"replace in a bad map type", "proxy_replace_header_map_value", args(kv(8, "a", "b")), StatusBadArgument, nil},
+		{"replace in response trailers not there", "proxy_replace_header_map_value", args(kv(mapResponseTrailers, "a", "b")), StatusBadArgument, nil},
+		{"replace adds a missing header", "proxy_replace_header_map_value", args(kv(mapRequestHeaders, "x-new", "v")), StatusOK,
+			func(t *testing.T, e *abiEnv) {
+				if v, _ := e.s.reqHeaders.f.get("x-new"); v != "v" {
+					t.Errorf("x-new %q", v)
+				}
+			}},
+		{"remove from a bad map type", "proxy_remove_header_map_value", args(func(e *abiEnv) []uint32 { k, n := e.str("a"); return []uint32{8, k, n} }), StatusBadArgument, nil},
+		{"remove a missing header", "proxy_remove_header_map_value", args(func(e *abiEnv) []uint32 { k, n := e.str("x-nope"); return []uint32{0, k, n} }), StatusOK, nil},
+		{"remove key out of bounds", "proxy_remove_header_map_value", args(func(e *abiEnv) []uint32 { return []uint32{0, bad, 3} }), StatusInvalidMemoryAccess, nil},
+		{"pairs of an unavailable map are empty", "proxy_get_header_map_pairs", args(func(e *abiEnv) []uint32 { e.poison(); return []uint32{mapResponseHeaders, e.ret, e.ret + 4} }), StatusOK, wantNull},
+		{"pairs of a bad map type", "proxy_get_header_map_pairs", args(func(e *abiEnv) []uint32 { return []uint32{8, e.ret, e.ret + 4} }), StatusBadArgument, nil},
+		{"pairs out of bounds", "proxy_get_header_map_pairs", args(func(e *abiEnv) []uint32 { return []uint32{0, bad, e.ret} }), StatusInvalidMemoryAccess, nil},
+		{"size of an unavailable map", "proxy_get_header_map_size", args(func(e *abiEnv) []uint32 { return []uint32{mapResponseHeaders, e.ret} }), StatusBadArgument, nil},
+		{"size out of bounds", "proxy_get_header_map_size", args(func(e *abiEnv) []uint32 { return []uint32{0, bad} }), StatusInvalidMemoryAccess, nil},
 		{"header pairs", "proxy_get_header_map_pairs", args(func(e *abiEnv) []uint32 { return []uint32{0, e.ret, e.ret + 4} }), StatusOK,
 			func(t *testing.T, e *abiEnv) {
 				f, ok := parseFields(e.returned())
@@ -237,7 +296,12 @@ func TestHostFunctionConformance(t *testing.T) {
 			}},
 		{"header map size", "proxy_get_header_map_size", args(func(e *abiEnv) []uint32 { return []uint32{0, e.ret} }), StatusOK,
 			func(t *testing.T, e *abiEnv) {
-				if int(e.u32(e.ret)) != len(e.s.reqHeaders.f.serialize()) {
+				// HeaderMap::byteSize: the keys and values, without the serialization's framing.
+				want := 0
+				for _, p := range e.s.reqHeaders.f {
+					want += len(p.key) + len(p.value)
+				}
+				if int(e.u32(e.ret)) != want || want == 0 {
 					t.Errorf("size %d", e.u32(e.ret))
 				}
 			}},
@@ -253,11 +317,19 @@ func TestHostFunctionConformance(t *testing.T) {
 			b := fields{{"a", "1"}}.serialize()
 			binary.LittleEndian.PutUint32(b[4:], 1000)
 			return []uint32{0, e.put(b), uint32(len(b))}
-		}), StatusBadArgument, nil},
+		}), StatusOK, wantHeadersCleared},
 		{"set pairs with a huge count", "proxy_set_header_map_pairs", args(func(e *abiEnv) []uint32 {
 			b := binary.LittleEndian.AppendUint32(nil, 0xffffffff)
 			return []uint32{0, e.put(b), uint32(len(b))}
-		}), StatusBadArgument, nil},
+		}), StatusOK, wantHeadersCleared},
+		{"set pairs without NUL terminators", "proxy_set_header_map_pairs", args(func(e *abiEnv) []uint32 {
+			b := fields{{"a", "1"}}.serialize()
+			b[len(b)-1] = 'x'
+			return []uint32{0, e.put(b), uint32(len(b))}
+		}), StatusOK, wantHeadersCleared},
+		{"set pairs on a bad map type", "proxy_set_header_map_pairs", args(func(e *abiEnv) []uint32 { return []uint32{8, 0, 0} }), StatusBadArgument, nil},
+		{"set pairs on an unavailable map", "proxy_set_header_map_pairs", args(func(e *abiEnv) []uint32 { return []uint32{mapResponseHeaders, 0, 0} }), StatusBadArgument, nil},
+		{"set pairs out of bounds", "proxy_set_header_map_pairs", args(func(e *abiEnv) []uint32 { return []uint32{0, bad, 8} }), StatusInvalidMemoryAccess, nil},
 
 		// local response and stream control
 		{"local response", "proxy_send_local_response", args(func(e *abiEnv) []uint32 {
@@ -276,17 +348,51 @@ func TestHostFunctionConformance(t *testing.T) {
 		{"local response from the root context", "proxy_send_local_response", args(func(e *abiEnv) []uint32 {
 			e.inRoot = true
 			return []uint32{403, 0, 0, 0, 0, 0, 0, 0}
-		}), StatusNotFound, nil},
+		}), StatusOK, func(t *testing.T, e *abiEnv) {
+			if e.s.local != nil {
+				t.Error("the stream got a local response from the root context")
+			}
+		}},
+		{"local response with malformed headers adds none", "proxy_send_local_response", args(func(e *abiEnv) []uint32 {
+			h := e.put([]byte("\x05\x00\x00\x00garbage"))
+			return []uint32{401, 0, 0, 0, 0, h, 11, 0xffffffff}
+		}), StatusOK, func(t *testing.T, e *abiEnv) {
+			if l := e.s.local; l == nil || l.code != 401 || len(l.headers) != 0 {
+				t.Errorf("local response %+v", l)
+			}
+		}},
+		{"local response after the response started resets", "proxy_send_local_response", args(func(e *abiEnv) []uint32 {
+			e.s.respStarted = true
+			return []uint32{403, 0, 0, 0, 0, 0, 0, 0}
+		}), StatusOK, func(t *testing.T, e *abiEnv) {
+			if !e.s.reset || e.s.local != nil {
+				t.Errorf("reset %v local %+v", e.s.reset, e.s.local)
+			}
+		}},
 		{"headers from the root context", "proxy_get_header_map_value", args(func(e *abiEnv) []uint32 {
 			e.inRoot = true
 			return hdr(mapRequestHeaders, ":method")(e)
-		}), StatusNotFound, nil},
+		}), StatusBadArgument, nil},
 		{"request property from the root context", "proxy_get_property", args(func(e *abiEnv) []uint32 {
 			e.inRoot = true
 			return prop("request", "path")(e)
 		}), StatusNotFound, nil},
 		{"continue request", "proxy_continue_stream", args(func(e *abiEnv) []uint32 { return []uint32{streamRequest} }), StatusOK, nil},
-		{"continue TCP stream", "proxy_continue_stream", args(func(e *abiEnv) []uint32 { return []uint32{streamUpstream} }), StatusUnimplemented, nil},
+		{"continue upstream", "proxy_continue_stream", args(func(e *abiEnv) []uint32 { return []uint32{streamUpstream} }), StatusUnimplemented, nil},
+		{"continue downstream", "proxy_continue_stream", args(func(e *abiEnv) []uint32 { return []uint32{2} }), StatusOK, nil},
+		{"continue from the root context", "proxy_continue_stream", args(func(e *abiEnv) []uint32 { e.inRoot = true; return []uint32{streamRequest} }), StatusOK, nil},
+		{"close downstream", "proxy_close_stream", args(func(e *abiEnv) []uint32 { return []uint32{2} }), StatusOK,
+			func(t *testing.T, e *abiEnv) {
+				if e.s.reset {
+					t.Error("an HTTP stream was reset by closing a TCP stream")
+				}
+			}},
+		{"close from the root context", "proxy_close_stream", args(func(e *abiEnv) []uint32 { e.inRoot = true; return []uint32{streamRequest} }), StatusOK,
+			func(t *testing.T, e *abiEnv) {
+				if e.s.reset {
+					t.Error("the stream was reset from the root context")
+				}
+			}},
 		{"continue unknown stream type", "proxy_continue_stream", args(func(e *abiEnv) []uint32 { return []uint32{7} }), StatusBadArgument, nil},
 		{"close unknown stream type", "proxy_close_stream", args(func(e *abiEnv) []uint32 { return []uint32{7} }), StatusBadArgument, nil},
 		{"close request", "proxy_close_stream", args(func(e *abiEnv) []uint32 { return []uint32{streamRequest} }), StatusOK,
@@ -369,7 +475,17 @@ func TestHostFunctionConformance(t *testing.T) {
 		{"effective context unknown", "proxy_set_effective_context", args(func(e *abiEnv) []uint32 { return []uint32{12345} }), StatusBadArgument, nil},
 		{"effective context root", "proxy_set_effective_context", args(func(e *abiEnv) []uint32 { return []uint32{e.in.root} }), StatusOK, nil},
 		{"done without pending", "proxy_done", args(func(e *abiEnv) []uint32 { return nil }), StatusNotFound, nil},
-		{"http call is unimplemented", "proxy_http_call", args(func(e *abiEnv) []uint32 { return make([]uint32, 10) }), StatusUnimplemented, nil},
+		{"http call to a cluster that does not exist", "proxy_http_call", args(func(e *abiEnv) []uint32 {
+			u, un := e.str("outbound|80||example")
+			e.put32(e.ret+12, 77)
+			return []uint32{u, un, 0, 0, 0, 0, 0, 0, 1000, e.ret + 12}
+		}), StatusBadArgument, func(t *testing.T, e *abiEnv) {
+			if e.u32(e.ret+12) != 0 {
+				t.Errorf("token %d, want 0 written", e.u32(e.ret+12))
+			}
+		}},
+		{"http call token out of bounds", "proxy_http_call", args(func(e *abiEnv) []uint32 { return []uint32{0, 0, 0, 0, 0, 0, 0, 0, 0, bad} }), StatusInvalidMemoryAccess, nil},
+		{"http call uri out of bounds", "proxy_http_call", args(func(e *abiEnv) []uint32 { return []uint32{bad, 9, 0, 0, 0, 0, 0, 0, 0, e.ret} }), StatusInvalidMemoryAccess, nil},
 		{"foreign function not found", "proxy_call_foreign_function", args(func(e *abiEnv) []uint32 { p, n := e.str("f"); return []uint32{p, n, 0, 0, e.ret, e.ret + 4} }), StatusNotFound, nil},
 		{"metric bad type", "proxy_define_metric", args(func(e *abiEnv) []uint32 { p, n := e.str("m"); return []uint32{7, p, n, e.ret} }), StatusBadArgument, nil},
 		{"counter", "proxy_define_metric", args(func(e *abiEnv) []uint32 { p, n := e.str("requests"); return []uint32{metricCounter, p, n, e.ret} }), StatusOK,
@@ -388,26 +504,65 @@ func TestHostFunctionConformance(t *testing.T) {
 					t.Errorf("Metrics() %v", e.p.Metrics())
 				}
 			}},
+		{"increment unknown metric", "proxy_increment_metric", args(func(e *abiEnv) []uint32 { return []uint32{999, 1} }), StatusNotFound, nil},
+		{"decrement a gauge", "proxy_increment_metric", args(func(e *abiEnv) []uint32 {
+			p, n := e.str("inflight")
+			if st, _ := e.call("proxy_define_metric", metricGauge, p, n, e.ret); st != StatusOK {
+				e.t.Fatalf("define: %v", st)
+			}
+			return []uint32{e.u32(e.ret), 0xffffffff}
+		}), StatusOK, nil},
+		{"metric id out of bounds", "proxy_define_metric", args(func(e *abiEnv) []uint32 { p, n := e.str("m"); return []uint32{metricCounter, p, n, bad} }), StatusInvalidMemoryAccess, nil},
+		{"metric value out of bounds", "proxy_get_metric", args(func(e *abiEnv) []uint32 {
+			p, n := e.str("c")
+			e.call("proxy_define_metric", metricCounter, p, n, e.ret)
+			return []uint32{e.u32(e.ret), bad}
+		}), StatusInvalidMemoryAccess, nil},
+		// Timers: exports.cc set_tick_period_milliseconds, always OK; 0 stops the timer.
+		{"tick period", "proxy_set_tick_period_milliseconds", args(func(e *abiEnv) []uint32 { return []uint32{0} }), StatusOK,
+			func(t *testing.T, e *abiEnv) {
+				if e.in.tickPeriod != 0 {
+					t.Errorf("tick period %v", e.in.tickPeriod)
+				}
+			}},
 		{"unknown metric", "proxy_get_metric", args(func(e *abiEnv) []uint32 { return []uint32{999, e.ret} }), StatusNotFound, nil},
 	}
+	// One table per host function: every function the probe can call has rows.
+	byOp := map[string][]row{}
 	for _, r := range rows {
-		t.Run(r.name, func(t *testing.T) {
-			e := newABIEnv(t)
-			st, err := e.call(r.op, r.args(e)...)
-			if err != nil {
-				t.Fatalf("%s: the call failed: %v", r.op, err)
-			}
-			if st != r.want {
-				t.Fatalf("%s returned %v, want %v", r.op, st, r.want)
-			}
-			if r.check != nil {
-				r.check(t, e)
-			}
-			if err := e.in.err(); err != nil {
-				t.Fatalf("instance broken: %v", err)
+		byOp[r.op] = append(byOp[r.op], r)
+	}
+	for _, op := range probeOps {
+		if len(byOp[op]) == 0 {
+			t.Errorf("no conformance rows for %s", op)
+		}
+	}
+	for _, op := range probeOps {
+		t.Run(op, func(t *testing.T) {
+			for _, r := range byOp[op] {
+				runRow(t, r.name, r.op, r.args, r.want, r.check)
 			}
 		})
 	}
+}
+
+func runRow(t *testing.T, name, op string, args func(e *abiEnv) []uint32, want Status, check func(t *testing.T, e *abiEnv)) {
+	t.Run(name, func(t *testing.T) {
+		e := newABIEnv(t)
+		st, err := e.call(op, args(e)...)
+		if err != nil {
+			t.Fatalf("%s: the call failed: %v", op, err)
+		}
+		if st != want {
+			t.Fatalf("%s returned %v, want %v", op, st, want)
+		}
+		if check != nil {
+			check(t, e)
+		}
+		if err := e.in.err(); err != nil {
+			t.Fatalf("instance broken: %v", err)
+		}
+	})
 }
 
 // TestHostcallsRandomArguments throws random pointers and lengths at every host function: the

@@ -62,18 +62,3 @@ func newPlugin(t testing.TB, cfg PluginConfig) (*Plugin, *syncBuffer) {
 	t.Cleanup(func() { p.Close(context.Background()) })
 	return p, logs
 }
-
-// rawModule encodes a minimal WebAssembly module with no-argument functions: imports from
-// module "env", one defined function exported under every name in exports, and a memory.
-func rawModule(imports, exports []string) []byte {
-	m := &wasmbuild.Module{}
-	for _, im := range imports {
-		m.Import("env", im, nil, nil)
-	}
-	f := m.Func(nil, nil, 0)
-	for _, ex := range exports {
-		m.Export(ex, f)
-	}
-	m.Memory(1, 1, "memory")
-	return m.Bytes()
-}

@@ -3,8 +3,6 @@ package wasmhost
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/binary"
 	"fmt"
 	"math"
 	"strings"
@@ -46,9 +44,10 @@ func (h *hc) alloc(n int) (uint32, Status) {
 	if n > math.MaxUint32 {
 		return 0, StatusBadArgument
 	}
-	f := h.in.fn("proxy_on_memory_allocate")
+	// Envoy prefers malloc over proxy_on_memory_allocate (src/wasm.cc, getFunctions).
+	f := h.in.fn("malloc")
 	if f == nil {
-		f = h.in.fn("malloc")
+		f = h.in.fn("proxy_on_memory_allocate")
 	}
 	if f == nil {
 		return 0, StatusInternalFailure
@@ -174,35 +173,23 @@ func hostFuncs() []hostFunc {
 			if st != StatusOK {
 				return st
 			}
-			start, max := uint64(u32(a, 1)), uint64(u32(a, 2))
-			if start > uint64(len(*buf)) {
-				return StatusBadArgument
-			}
-			end := min(start+max, uint64(len(*buf)))
-			return h.giveBytes((*buf)[start:end], u32(a, 3), u32(a, 4))
+			// A start past the end reads nothing, and nothing is handed back as a null
+			// pointer and zero size (exports.cc get_buffer_bytes, since cpp-host #303).
+			n := uint64(len(buf.data))
+			start := min(uint64(u32(a, 1)), n)
+			end := min(start+uint64(u32(a, 2)), n)
+			return h.giveBytes(buf.data[start:end], u32(a, 3), u32(a, 4))
 		}),
 		fn("proxy_set_buffer_bytes", 5, func(h *hc, a []uint64) Status {
-			bt := u32(a, 0)
-			buf, st := h.buffer(bt)
+			buf, st := h.buffer(u32(a, 0))
 			if st != StatusOK {
 				return st
-			}
-			if bt != bufRequestBody && bt != bufResponseBody {
-				return StatusBadArgument // configurations are read-only
 			}
 			data, ok := h.read(u32(a, 3), u32(a, 4))
 			if !ok {
 				return StatusInvalidMemoryAccess
 			}
-			n := uint64(len(*buf))
-			start := min(uint64(u32(a, 1)), n)
-			end := min(start+uint64(u32(a, 2)), n)
-			out := make([]byte, 0, n-(end-start)+uint64(len(data)))
-			out = append(out, (*buf)[:start]...)
-			out = append(out, data...)
-			out = append(out, (*buf)[end:]...)
-			*buf = out
-			return StatusOK
+			return buf.set(u32(a, 1), u32(a, 2), data)
 		}),
 		fn("proxy_get_buffer_status", 3, func(h *hc, a []uint64) Status {
 			buf, st := h.buffer(u32(a, 0))
@@ -212,7 +199,7 @@ func hostFuncs() []hostFunc {
 			if !h.writable(u32(a, 2), 4) {
 				return StatusInvalidMemoryAccess
 			}
-			if st := h.putU32(u32(a, 1), uint32(len(*buf))); st != StatusOK {
+			if st := h.putU32(u32(a, 1), uint32(len(buf.data))); st != StatusOK {
 				return st
 			}
 			return h.putU32(u32(a, 2), 0)
@@ -222,32 +209,36 @@ func hostFuncs() []hostFunc {
 		}),
 
 		fn("proxy_get_header_map_size", 2, func(h *hc, a []uint64) Status {
-			f, st := h.fields(u32(a, 0), false)
+			f, st := h.fields(u32(a, 0))
 			if st != StatusOK {
 				return st
 			}
-			return h.putU32(u32(a, 1), uint32(len(f.serialize())))
+			return h.putU32(u32(a, 1), uint32(f.byteSize()))
 		}),
 		fn("proxy_get_header_map_pairs", 3, func(h *hc, a []uint64) Status {
-			f, st := h.fields(u32(a, 0), false)
-			if st != StatusOK {
-				return st
+			// An unavailable map reads as empty, not as an error (context.cc getHeaderMapPairs).
+			if u32(a, 0) > mapHTTPCallResponseTrailer {
+				return StatusBadArgument
 			}
-			return h.giveBytes(f.serialize(), u32(a, 1), u32(a, 2))
+			var data []byte
+			if f, st := h.fields(u32(a, 0)); st == StatusOK && len(*f) > 0 {
+				data = f.serialize()
+			}
+			return h.giveBytes(data, u32(a, 1), u32(a, 2))
 		}),
 		fn("proxy_set_header_map_pairs", 3, func(h *hc, a []uint64) Status {
-			f, st := h.fields(u32(a, 0), true)
-			if st != StatusOK {
-				return st
+			if u32(a, 0) > mapHTTPCallResponseTrailer {
+				return StatusBadArgument
 			}
 			data, ok := h.read(u32(a, 1), u32(a, 2))
 			if !ok {
 				return StatusInvalidMemoryAccess
 			}
-			nf, ok := parseFields(data)
-			if !ok {
-				return StatusBadArgument
+			f, st := h.fields(u32(a, 0))
+			if st != StatusOK {
+				return st
 			}
+			nf, _ := parseFields(data) // malformed pairs read as none, as Envoy's toPairs does
 			for i := range nf {
 				nf[i].key = strings.ToLower(nf[i].key)
 			}
@@ -255,17 +246,24 @@ func hostFuncs() []hostFunc {
 			return StatusOK
 		}),
 		fn("proxy_get_header_map_value", 5, func(h *hc, a []uint64) Status {
-			f, st := h.fields(u32(a, 0), false)
-			if st != StatusOK {
-				return st
+			if u32(a, 0) > mapHTTPCallResponseTrailer {
+				return StatusBadArgument
 			}
 			key, ok := h.read(u32(a, 1), u32(a, 2))
 			if !ok {
 				return StatusInvalidMemoryAccess
 			}
+			f, st := h.fields(u32(a, 0))
+			if st != StatusOK {
+				return st
+			}
 			v, found := f.get(strings.ToLower(string(key)))
 			if !found {
-				return StatusNotFound
+				if h.in.p.abi == "proxy_abi_version_0_1_0" {
+					v = "" // ABI 0.1.0 reads a missing header as empty (context.cc getHeaderMapValue)
+				} else {
+					return StatusNotFound
+				}
 			}
 			return h.giveBytes([]byte(v), u32(a, 3), u32(a, 4))
 		}),
@@ -276,13 +274,16 @@ func hostFuncs() []hostFunc {
 			return h.editField(a, func(f *fields, k, v string) { f.replace(k, v) })
 		}),
 		fn("proxy_remove_header_map_value", 3, func(h *hc, a []uint64) Status {
-			f, st := h.fields(u32(a, 0), true)
-			if st != StatusOK {
-				return st
+			if u32(a, 0) > mapHTTPCallResponseTrailer {
+				return StatusBadArgument
 			}
 			key, ok := h.read(u32(a, 1), u32(a, 2))
 			if !ok {
 				return StatusInvalidMemoryAccess
+			}
+			f, st := h.fields(u32(a, 0))
+			if st != StatusOK {
+				return st
 			}
 			f.remove(strings.ToLower(string(key)))
 			return StatusOK
@@ -295,22 +296,23 @@ func hostFuncs() []hostFunc {
 			if !ok1 || !ok2 || !ok3 {
 				return StatusInvalidMemoryAccess
 			}
-			s := h.in.cur
-			if s == nil {
-				return StatusNotFound
-			}
 			code := u32(a, 0)
 			if code < 100 || code > 999 {
-				return StatusBadArgument
+				return StatusBadArgument // not an HTTP status line this host can write
 			}
-			f, ok := parseFields(hdrs)
-			if !ok {
-				return StatusBadArgument
+			s := h.in.cur
+			if s == nil {
+				return StatusOK // Envoy: no stream to answer from the root context, and OK
+			}
+			f, _ := parseFields(hdrs) // malformed pairs add no headers (pairs_util.cc toPairs)
+			for i := range f {
+				f[i].key = strings.ToLower(f[i].key)
 			}
 			if s.respStarted {
-				return StatusBadArgument // the response is already on its way downstream
+				s.reset = true // too late for a reply: Envoy resets the stream
+			} else {
+				s.local = &localResponse{code: int(code), details: string(details), body: body, headers: f}
 			}
-			s.local = &localResponse{code: int(code), details: string(details), body: body, headers: f}
 			s.resume() // a stream paused earlier ends with this response
 			return StatusOK
 		}),
@@ -324,10 +326,8 @@ func hostFuncs() []hostFunc {
 			switch {
 			case t > streamUpstream:
 				return StatusBadArgument
-			case t > streamResponse:
-				return StatusUnimplemented // no TCP streams here
-			case h.in.cur == nil:
-				return StatusNotFound
+			case t > streamResponse || h.in.cur == nil:
+				return StatusOK // nothing to close: no TCP stream, or the root context
 			}
 			h.in.cur.reset = true
 			h.in.cur.resume()
@@ -460,13 +460,9 @@ func hostFuncs() []hostFunc {
 			h.in.active, h.in.cur = id, s
 			return StatusOK
 		}),
-		fn("proxy_done", 0, func(h *hc, _ []uint64) Status {
-			if s := h.in.cur; s != nil && s.donePending {
-				s.donePending = false
-				return StatusOK
-			}
-			return StatusNotFound
-		}),
+		// proxy_done ends a root context's delayed shutdown (src/wasm.cc, WasmBase::done);
+		// this host shuts a VM down at once, so nothing is ever pending.
+		fn("proxy_done", 0, func(h *hc, _ []uint64) Status { return StatusNotFound }),
 		// No foreign functions are registered in this host.
 		fn("proxy_call_foreign_function", 6, func(h *hc, a []uint64) Status {
 			if _, ok := h.read(u32(a, 0), u32(a, 1)); !ok {
@@ -478,62 +474,108 @@ func hostFuncs() []hostFunc {
 			return StatusNotFound
 		}),
 
-		unimplemented("proxy_http_call", 10),
-		unimplemented("proxy_get_status", 3),
+		// No upstream clusters exist here: Envoy answers BAD_ARGUMENT for an unknown cluster,
+		// after checking the arguments and writing the token (exports.cc http_call,
+		// context.cc Context::httpCall).
+		fn("proxy_http_call", 10, func(h *hc, a []uint64) Status {
+			for i := 0; i < 8; i += 2 {
+				if _, ok := h.read(u32(a, i), u32(a, i+1)); !ok {
+					return StatusInvalidMemoryAccess
+				}
+			}
+			if st := h.putU32(u32(a, 9), 0); st != StatusOK {
+				return st
+			}
+			return StatusBadArgument
+		}),
+		// The status of the last HTTP or gRPC call: there are none, so code 0 and no message.
+		fn("proxy_get_status", 3, func(h *hc, a []uint64) Status {
+			if st := h.putU32(u32(a, 0), 0); st != StatusOK {
+				return st
+			}
+			return h.giveBytes(nil, u32(a, 1), u32(a, 2))
+		}),
+		// Emscripten helpers Envoy registers in env (src/wasm.cc registerCallbacks).
+		{name: "pthread_equal", params: i32s(2), results: []api.ValueType{i32}, fn: func(h *hc, a []uint64) Status {
+			if u32(a, 0) == u32(a, 1) {
+				return 1
+			}
+			return 0
+		}},
+		{name: "emscripten_notify_memory_growth", params: i32s(1), fn: func(*hc, []uint64) Status { return StatusOK }},
+
 		unimplemented("proxy_grpc_call", 12),
 		unimplemented("proxy_grpc_stream", 9),
 		unimplemented("proxy_grpc_send", 4),
 		unimplemented("proxy_grpc_cancel", 1),
 		unimplemented("proxy_grpc_close", 1),
-
-		// AssemblyScript runtime imports, so filters written with its SDK load.
-		{name: "abort", params: i32s(4), fn: func(h *hc, a []uint64) Status {
-			panic(fmt.Errorf("the module called abort (line %d, column %d)", u32(a, 2), u32(a, 3)))
-		}},
-		{name: "seed", results: []api.ValueType{api.ValueTypeF64}, fn: func(h *hc, a []uint64) Status {
-			var b [8]byte
-			_, _ = rand.Read(b[:])
-			a[0] = api.EncodeF64(float64(binary.LittleEndian.Uint64(b[:])>>11) / (1 << 53))
-			return StatusOK
-		}},
 	}
 }
 
-// buffer returns the buffer the ABI names bt, as visible from the active context.
-func (h *hc) buffer(bt uint32) (*[]byte, Status) {
+// buffer returns the buffer the ABI names bt, as Envoy's Context::getBuffer does: a body is
+// readable from any context and empty outside its own callback (writable only inside it), the
+// plugin configuration exists only in proxy_on_configure and the root context's
+// proxy_on_context_create, an HTTP call response only in its callback (never, here).
+func (h *hc) buffer(bt uint32) (*bodyBuf, Status) {
 	s := h.in.cur
 	switch bt {
 	case bufRequestBody:
 		if s != nil && s.reqBody != nil {
-			return &s.reqBody.data, StatusOK
+			return s.reqBody, StatusOK
 		}
+		return &bodyBuf{readOnly: true}, StatusOK
 	case bufResponseBody:
 		if s != nil && s.respBody != nil {
-			return &s.respBody.data, StatusOK
+			return s.respBody, StatusOK
 		}
+		return &bodyBuf{readOnly: true}, StatusOK
 	case bufVMConfiguration:
-		b := h.in.p.cfg.VMConfiguration
-		return &b, StatusOK
+		return &bodyBuf{data: h.in.p.cfg.VMConfiguration, readOnly: true}, StatusOK
 	case bufPluginConfiguration:
-		b := h.in.p.cfg.Configuration
-		return &b, StatusOK
-	case bufDownstreamData, bufUpstreamData, bufHTTPCallResponse, bufGrpcMessage, bufForeignArguments:
-	default:
-		return nil, StatusBadArgument
+		if h.in.calling == "proxy_on_configure" || (h.in.calling == "proxy_on_context_create" && s == nil) {
+			return &bodyBuf{data: h.in.p.cfg.Configuration, readOnly: true}, StatusOK
+		}
+		return nil, StatusNotFound
+	case bufDownstreamData, bufUpstreamData, bufGrpcMessage, bufForeignArguments:
+		return &bodyBuf{readOnly: true}, StatusOK
+	case bufHTTPCallResponse:
+		return nil, StatusNotFound
 	}
-	return nil, StatusNotFound
+	return nil, StatusBadArgument
 }
 
-// fields returns the header map the ABI names mt, as visible from the active context. Maps
-// already sent on (request headers once forwarded, response headers once written) are
-// read-only: a change could no longer take effect, so it is refused rather than lost.
-func (h *hc) fields(mt uint32, write bool) (*fields, Status) {
+// set edits a body the way Envoy's Buffer::copyFrom allows: prepend (start 0, length 0),
+// replace all (start 0, length >= size), append (start >= size); anything else, and any
+// read-only buffer, is BAD_ARGUMENT.
+func (b *bodyBuf) set(start, length uint32, data []byte) Status {
+	n := uint64(len(b.data))
+	switch {
+	case b.readOnly:
+		return StatusBadArgument
+	case start == 0 && length == 0:
+		b.data = append(data, b.data...)
+	case start == 0 && uint64(length) >= n:
+		b.data = data
+	case uint64(start) >= n:
+		b.data = append(b.data, data...)
+	default:
+		return StatusBadArgument
+	}
+	b.changed = true
+	return StatusOK
+}
+
+// fields returns the header map the ABI names mt, as visible from the active context. As in
+// Envoy (context.cc getMap, decodeHeaders/encodeHeaders), a map is there only during its own
+// callback, or while the filter holds the stream paused in it: once passed on, it is
+// unavailable (BAD_ARGUMENT), like every map from the root context.
+func (h *hc) fields(mt uint32) (*fields, Status) {
 	if mt > mapHTTPCallResponseTrailer {
 		return nil, StatusBadArgument
 	}
 	s := h.in.cur
 	if s == nil {
-		return nil, StatusNotFound
+		return nil, StatusBadArgument
 	}
 	var m *fieldMap
 	switch mt {
@@ -546,37 +588,39 @@ func (h *hc) fields(mt uint32, write bool) (*fields, Status) {
 	case mapResponseTrailers:
 		m = s.respTrailers
 	}
-	if m == nil {
-		return nil, StatusNotFound
-	}
-	if write && m.sealed {
+	if m == nil || m.sealed {
 		return nil, StatusBadArgument
 	}
 	return &m.f, StatusOK
 }
 
 func (h *hc) editField(a []uint64, edit func(f *fields, k, v string)) Status {
-	f, st := h.fields(u32(a, 0), true)
-	if st != StatusOK {
-		return st
+	if u32(a, 0) > mapHTTPCallResponseTrailer {
+		return StatusBadArgument
 	}
 	key, ok1 := h.read(u32(a, 1), u32(a, 2))
 	val, ok2 := h.read(u32(a, 3), u32(a, 4))
 	if !ok1 || !ok2 {
 		return StatusInvalidMemoryAccess
 	}
+	f, st := h.fields(u32(a, 0))
+	if st != StatusOK {
+		return st
+	}
 	edit(f, strings.ToLower(string(key)), string(val))
 	return StatusOK
 }
 
+// continueStream follows Envoy's Context::continueStream: OK for the request, the response
+// and the downstream (a no-op without a paused stream), UNIMPLEMENTED for the upstream.
 func (h *hc) continueStream(t uint32) Status {
 	switch {
 	case t > streamUpstream:
 		return StatusBadArgument
-	case t > streamResponse:
+	case t == streamUpstream:
 		return StatusUnimplemented
-	case h.in.cur == nil:
-		return StatusNotFound
+	case t > streamResponse || h.in.cur == nil:
+		return StatusOK
 	}
 	h.in.cur.resume()
 	return StatusOK

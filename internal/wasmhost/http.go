@@ -18,7 +18,11 @@ type fieldMap struct {
 	sealed bool // already sent on: changes could not take effect any more
 }
 
-type bodyBuf struct{ data []byte }
+type bodyBuf struct {
+	data     []byte
+	readOnly bool // outside its callback, or a configuration
+	changed  bool // the filter set it
+}
 
 type localResponse struct {
 	code    int
@@ -42,7 +46,6 @@ type stream struct {
 	local       *localResponse
 	respStarted bool
 	reset       bool
-	donePending bool
 	props       map[string][]byte
 	resumeCh    chan struct{}
 	failed      bool // FAIL_OPEN after an error: the filter is skipped for the rest of the stream
@@ -136,17 +139,9 @@ func (s *stream) finish() {
 	}
 	in.active, in.cur = s.id, s
 	ctx := context.Background()
-	if in.exported("proxy_on_done") {
-		ok, err := in.call(ctx, s.p.cfg.CallTimeout, "proxy_on_done", uint64(s.id))
-		if err != nil {
-			s.p.log.Error("proxy_on_done failed", "err", err)
-			return
-		}
-		// A filter may hold the context open for proxy_done; this host has no asynchronous
-		// work to wait for, so it finalizes right away and lets proxy_done report OK once.
-		s.donePending = uint32(ok) == 0
-	}
-	for _, cb := range []string{"proxy_on_log", "proxy_on_delete"} {
+	// A stream context's proxy_on_done result does not delay its end in Envoy either
+	// (context.cc Context::onDestroy): only root contexts wait for proxy_done.
+	for _, cb := range []string{"proxy_on_done", "proxy_on_log", "proxy_on_delete"} {
 		if in.exported(cb) {
 			if _, err := in.call(ctx, s.p.cfg.CallTimeout, cb, uint64(s.id)); err != nil {
 				s.p.log.Error(cb+" failed", "err", err)
@@ -259,6 +254,7 @@ func (p *Plugin) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	}
 
 	body := r.Body
+	var reqData []byte
 	if hasBody && !s.failed && s.in.exported("proxy_on_request_body") {
 		data, err := io.ReadAll(io.LimitReader(r.Body, int64(p.cfg.MaxBodyBytes)+1))
 		if err != nil {
@@ -281,6 +277,8 @@ func (p *Plugin) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 			s.respondLocal(w)
 			return
 		}
+		reqData = s.reqBody.data
+		s.reqBody = nil // passed on: no longer the filter's to read or change (Envoy)
 		if len(r.Trailer) > 0 && !s.failed && s.in.exported("proxy_on_request_trailers") {
 			s.reqTrailers = &fieldMap{f: headerFields(nil, r.Trailer)}
 			_, err = s.invoke(ctx, "proxy_on_request_trailers", uint64(len(s.reqTrailers.f)))
@@ -294,7 +292,7 @@ func (p *Plugin) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 			s.reqTrailers.f.applyTo(r.Trailer)
 			s.reqTrailers.sealed = true
 		}
-		body = io.NopCloser(bytes.NewReader(s.reqBody.data))
+		body = io.NopCloser(bytes.NewReader(reqData))
 	} else if err == nil && act == actionPause && hasBody && !s.failed {
 		if err := s.await(ctx, "request"); err != nil && s.fail(w, err) {
 			return
@@ -304,11 +302,11 @@ func (p *Plugin) serve(w http.ResponseWriter, r *http.Request, next http.Handler
 	s.reqHeaders.sealed = true
 	r2 := requestFrom(r, s.reqHeaders.f)
 	r2.Body = body
-	if s.reqBody != nil {
-		r2.ContentLength = int64(len(s.reqBody.data))
+	if reqData != nil {
+		r2.ContentLength = int64(len(reqData))
 		r2.Header.Del("Content-Length")
 	}
-	rw := &respWriter{w: w, s: s, ctx: ctx}
+	rw := &respWriter{w: w, s: s, ctx: ctx, head: r.Method == http.MethodHead}
 	rw.bodyCB = s.in.exported("proxy_on_response_body")
 	next.ServeHTTP(rw, r2)
 	rw.finish()
@@ -331,9 +329,17 @@ type respWriter struct {
 	ctx    context.Context
 	bodyCB bool
 
+	head        bool // a HEAD request: the response has no body
 	wroteHeader bool
 	skip        bool // the upstream response was replaced; swallow it
 	buf         []byte
+
+	// With a body callback, the headers wait for the first body flush so that Content-Length
+	// can follow a body the filter changed; Envoy keeps it as long as the body is unchanged.
+	pending  bool
+	code     int
+	declared int64 // the Content-Length the client was promised, or -1
+	sent     int64
 }
 
 func (rw *respWriter) Header() http.Header { return rw.w.Header() }
@@ -350,9 +356,15 @@ func (rw *respWriter) WriteHeader(code int) {
 	s := rw.s
 	s.status = code
 	h := rw.w.Header()
+	// A response that cannot have a body ends with its headers, as Envoy's codec reports it:
+	// end_of_stream is true and no body callback follows.
+	noBody := rw.head || code == http.StatusNoContent || code == http.StatusNotModified || h.Get("Content-Length") == "0"
+	if noBody {
+		rw.bodyCB = false
+	}
 	s.respHeaders = &fieldMap{f: headerFields([]pair{{":status", strconv.Itoa(code)}}, h)}
 	if !s.failed {
-		act, err := s.invoke(rw.ctx, "proxy_on_response_headers", uint64(len(s.respHeaders.f)), 0)
+		act, err := s.invoke(rw.ctx, "proxy_on_response_headers", uint64(len(s.respHeaders.f)), eos(noBody))
 		if err == nil && act == actionPause && s.local == nil && !s.reset {
 			err = s.await(rw.ctx, "response")
 		}
@@ -373,14 +385,39 @@ func (rw *respWriter) WriteHeader(code int) {
 					s.status = c
 				}
 			}
-			if rw.bodyCB {
-				h.Del("Content-Length") // the filter may change the body's length
-			}
 		}
 	}
 	s.respHeaders.sealed = true
 	s.respStarted = true
+	rw.declared = -1
+	if v := h.Get("Content-Length"); v != "" {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
+			rw.declared = n
+		}
+	}
+	if rw.bodyCB && !s.failed {
+		rw.pending, rw.code = true, code
+		return
+	}
 	rw.w.WriteHeader(code)
+}
+
+// sendHeader writes the response headers held for the first body flush. in is the length of
+// what the filter was given, out what it passed on; end says whether out is the whole body.
+func (rw *respWriter) sendHeader(in, out int, end bool) {
+	rw.pending = false
+	if rw.declared >= 0 && !rw.head {
+		h := rw.w.Header()
+		switch {
+		case end && int64(out) != rw.declared:
+			h.Set("Content-Length", strconv.Itoa(out)) // the whole new body is known
+			rw.declared = int64(out)
+		case !end && in != out:
+			h.Del("Content-Length") // the filter changes the body as it streams: chunked
+			rw.declared = -1
+		}
+	}
+	rw.w.WriteHeader(rw.code)
 }
 
 func (rw *respWriter) Write(b []byte) (int, error) {
@@ -414,6 +451,12 @@ func (rw *respWriter) flushBody(end bool) error {
 	s.respBody = nil
 	if err != nil {
 		if !s.p.cfg.FailOpen {
+			if rw.pending { // nothing sent yet: the client gets FAIL_CLOSED's 503
+				s.p.log.Error("filter failed", "err", err, "fail_open", false)
+				rw.pending, rw.skip = false, true
+				writeFailClosed(rw.w, s.p.cfg.Name)
+				return nil
+			}
 			rw.abort(err)
 		}
 		s.failed = true
@@ -424,7 +467,15 @@ func (rw *respWriter) flushBody(end bool) error {
 		rw.buf = data
 		return nil
 	}
+	in := len(rw.buf)
 	rw.buf = nil
+	if rw.pending {
+		rw.sendHeader(in, len(data), end)
+	}
+	if rw.declared >= 0 && (rw.sent+int64(len(data)) > rw.declared || (end && rw.sent+int64(len(data)) != rw.declared)) {
+		rw.abort(fmt.Errorf("wasmhost: the filter changed the response body to a length other than the Content-Length already sent (%d); remove Content-Length in proxy_on_response_headers when changing the body", rw.declared))
+	}
+	rw.sent += int64(len(data))
 	_, werr := rw.w.Write(data)
 	return werr
 }
@@ -447,6 +498,9 @@ func (rw *respWriter) finish() {
 		if err := rw.flushBody(true); err != nil {
 			return
 		}
+	}
+	if rw.pending { // the filter failed open before the first flush
+		rw.sendHeader(0, 0, false)
 	}
 	rw.trailers()
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"wasme.io/wasme/internal/testing/wasmbuild"
 )
 
 func TestValidate(t *testing.T) {
@@ -28,10 +30,11 @@ func TestValidate(t *testing.T) {
 		{name: "not wasm", module: []byte("hello, world"), wantErr: "not a WebAssembly binary"},
 		{name: "wasm component version", module: []byte("\x00asm\x0d\x00\x01\x00"), wantErr: "unsupported WebAssembly binary version"},
 		{name: "truncated", module: ch[:1000], wantErr: "compile"},
-		{name: "missing ABI export", module: rawModule(nil, []string{"_initialize"}), wantErr: "not a proxy-wasm module"},
-		{name: "unknown host function", module: rawModule([]string{"proxy_teleport", "proxy_log"}, []string{"proxy_abi_version_0_2_1"}),
-			wantErr: "env.proxy_log (signature ()->(), host has (i32,i32,i32)->(i32)), env.proxy_teleport"},
-		{name: "minimal module", module: rawModule(nil, []string{"proxy_abi_version_0_2_0"})},
+		{name: "missing ABI export", module: wasmbuild.Spec{Memory: true, Exports: []wasmbuild.SpecExport{wasmbuild.Exp("_initialize", "()->()")}}.Bytes(),
+			wantErr: "valid WebAssembly, but not a proxy-wasm filter: no proxy_abi_version_* export"},
+		{name: "unknown host function", module: withImports(wasmbuild.Filter("0_2_1"), wasmbuild.Imp("env", "proxy_teleport", "()->()"), wasmbuild.Imp("env", "proxy_log", "()->()")),
+			wantErr: "import env.proxy_log has signature ()->(), the host's is (i32,i32,i32)->(i32); missing import env.proxy_teleport()->()"},
+		{name: "minimal module", module: wasmbuild.Filter("0_2_0").Bytes()},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -62,10 +65,15 @@ func TestValidatePublic(t *testing.T) {
 }
 
 func TestUnknownImportListsAll(t *testing.T) {
-	err := Validate(context.Background(), rawModule([]string{"proxy_teleport", "proxy_fly"}, []string{"proxy_abi_version_0_2_1"}), "", nil)
-	if err == nil || !strings.Contains(err.Error(), "env.proxy_fly, env.proxy_teleport") {
+	err := Validate(context.Background(), withImports(wasmbuild.Filter("0_2_1"), wasmbuild.Imp("env", "proxy_teleport", "()->()"), wasmbuild.Imp("env", "proxy_fly", "()->()")), "", nil)
+	if err == nil || !strings.Contains(err.Error(), "missing import env.proxy_fly()->(); missing import env.proxy_teleport()->()") {
 		t.Fatalf("error %v should list both missing imports", err)
 	}
+}
+
+func withImports(s wasmbuild.Spec, imps ...wasmbuild.SpecImport) []byte {
+	s.Imports = append(s.Imports, imps...)
+	return s.Bytes()
 }
 
 func TestStartFailures(t *testing.T) {

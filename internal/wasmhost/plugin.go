@@ -17,7 +17,6 @@ import (
 	"io"
 	"log/slog"
 	"runtime"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,7 +24,6 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
-	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
 )
 
@@ -177,7 +175,7 @@ func NewPlugin(ctx context.Context, cfg PluginConfig) (*Plugin, error) {
 			p.rt.Close(context.WithoutCancel(ctx))
 		}
 	}()
-	if _, err := wasi_snapshot_preview1.Instantiate(ctx, p.rt); err != nil {
+	if err := instantiateWASI(ctx, p.rt); err != nil {
 		return nil, fmt.Errorf("wasmhost: WASI: %w", err)
 	}
 	if err := p.instantiateEnv(ctx); err != nil {
@@ -257,61 +255,14 @@ func checkMagic(b []byte) error {
 	return nil
 }
 
-// checkModule refuses modules that are not proxy-wasm filters or that need host functions we
-// do not have, with the full list, rather than wazero's first-missing-import error.
+// checkModule refuses modules Envoy would not load, naming every reason (CheckModule).
 func (p *Plugin) checkModule() error {
-	exports := p.compiled.ExportedFunctions()
-	for _, v := range abiVersions {
-		if _, ok := exports[v]; ok {
-			p.abi = v
-			break
-		}
+	info, err := checkCompiled(p.cfg.Module, p.compiled)
+	if err != nil {
+		return err
 	}
-	if p.abi == "" {
-		return fmt.Errorf("wasmhost: not a proxy-wasm module: it exports none of %s", strings.Join(abiVersions, ", "))
-	}
-	// Every value crosses the ABI through the guest's memory, and Envoy looks it up by this
-	// name; without it the host could not pass a single header.
-	if _, ok := p.compiled.ExportedMemories()[memoryExport]; !ok {
-		return fmt.Errorf("wasmhost: not a proxy-wasm module: it exports no memory named %q, through which every host call passes its values", memoryExport)
-	}
-	var missing []string
-	for _, def := range p.compiled.ImportedFunctions() {
-		mod, name, _ := def.Import()
-		host := p.rt.Module(mod)
-		if host == nil {
-			missing = append(missing, mod+"."+name)
-			continue
-		}
-		hd, ok := host.ExportedFunctionDefinitions()[name]
-		if !ok {
-			missing = append(missing, mod+"."+name)
-			continue
-		}
-		if !sameSignature(hd, def) {
-			missing = append(missing, fmt.Sprintf("%s.%s (signature %s, host has %s)", mod, name, signature(def), signature(hd)))
-		}
-	}
-	if len(missing) > 0 {
-		sort.Strings(missing)
-		return fmt.Errorf("wasmhost: the module imports functions this host does not provide: %s", strings.Join(missing, ", "))
-	}
+	p.abi = "proxy_abi_version_" + strings.ReplaceAll(info.ABI, ".", "_")
 	return nil
-}
-
-func sameSignature(a, b api.FunctionDefinition) bool {
-	return bytes.Equal(a.ParamTypes(), b.ParamTypes()) && bytes.Equal(a.ResultTypes(), b.ResultTypes())
-}
-
-func signature(d api.FunctionDefinition) string {
-	name := func(ts []api.ValueType) string {
-		s := make([]string, len(ts))
-		for i, t := range ts {
-			s[i] = api.ValueTypeName(t)
-		}
-		return "(" + strings.Join(s, ",") + ")"
-	}
-	return name(d.ParamTypes()) + "->" + name(d.ResultTypes())
 }
 
 // instance is one VM: a module instance with its root context and the streams it serves.
@@ -340,6 +291,9 @@ type instance struct {
 	queueMu        sync.Mutex
 	queuePending   map[uint32]bool
 	queueNotifying bool
+
+	wasiOut [2]guestLog // stdout and stderr, written by WASI fd_write
+	calling string      // the callback running now; host functions answer by it
 
 	starting bool     // inside start-up calls: keep the filter's complaints for the error
 	startLog []string // bounded
@@ -393,8 +347,6 @@ func (p *Plugin) newInstance(ctx context.Context) (*instance, error) {
 	mc := wazero.NewModuleConfig().
 		WithName(""). // anonymous, so a runtime can hold many instances of one module
 		WithStartFunctions().
-		WithStdout(&guestLog{in: in, level: LogInfo}).
-		WithStderr(&guestLog{in: in, level: LogError}).
 		WithSysWalltime().
 		WithSysNanotime().
 		WithRandSource(rand.Reader)
@@ -526,6 +478,9 @@ func (in *instance) call(ctx context.Context, timeout time.Duration, name string
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	defer cancel()
 	cctx = context.WithValue(cctx, instanceKey{}, in)
+	prev := in.calling
+	in.calling = name
+	defer func() { in.calling = prev }()
 	res, err := guard(func() ([]uint64, error) { return f.Call(cctx, args...) })
 	if err != nil {
 		err = in.describe(name, timeout, cctx, err)

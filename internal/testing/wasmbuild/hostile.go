@@ -11,7 +11,12 @@ var (
 	i32x5 = []byte{I32, I32, I32, I32, I32}
 )
 
-func abi(m *Module) { m.Export("proxy_abi_version_0_2_1", m.Func(nil, nil, 0)) }
+// abi makes m a filter in form: the ABI marker and the allocator Envoy requires (a
+// placeholder that returns 0: these modules never receive data).
+func abi(m *Module) {
+	m.Export("proxy_abi_version_0_2_1", m.Func(nil, nil, 0))
+	m.Export("malloc", m.Func(i32x1, i32x1, 0, I32c(0)...))
+}
 
 // NoMemoryTickTrap exports no memory, asks for a 1 ms tick in proxy_on_vm_start, and traps in
 // proxy_on_tick.

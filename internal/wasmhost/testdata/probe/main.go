@@ -248,7 +248,9 @@ var hog [][]byte
 
 //go:wasmexport proxy_on_request_headers
 func onRequestHeaders(id, n, eos uint32) uint32 {
-	switch requestHeader("x-probe") {
+	mode := requestHeader("x-probe")
+	modes[id] = mode // request headers are gone by the response callbacks, as in Envoy
+	switch mode {
 	case "loop":
 		for {
 		}
@@ -271,7 +273,7 @@ func onRequestHeaders(id, n, eos uint32) uint32 {
 
 //go:wasmexport proxy_on_response_headers
 func onResponseHeaders(id, n, eos uint32) uint32 {
-	if requestHeader("x-probe") == "response-panic" {
+	if modes[id] == "response-panic" {
 		panic("probe: told to panic on the response")
 	}
 	return 0
@@ -279,3 +281,9 @@ func onResponseHeaders(id, n, eos uint32) uint32 {
 
 //go:wasmexport proxy_on_done
 func onDone(id uint32) uint32 { return 1 }
+
+//go:wasmexport proxy_on_delete
+func onDelete(id uint32) { delete(modes, id) }
+
+// modes is the x-probe header of each stream context.
+var modes = map[uint32]string{}
