@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"wasme.io/wasme/internal/wasmhost"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -122,10 +123,17 @@ func storeBuilt(ctx context.Context, s streams, f *buildFlags, module []byte) er
 	if ref.Digest != "" {
 		return fmt.Errorf("-t %s: give a tag, not a digest", f.tag)
 	}
-	abi, err := wasmimage.ValidateModule(ctx, module)
+	if err := wasmimage.CheckHeader(module); err != nil {
+		return fmt.Errorf("build: %w", err)
+	}
+	mi, err := wasmhost.CheckModule(ctx, module)
 	if err != nil {
 		return fmt.Errorf("build: %w", err)
 	}
+	for _, w := range mi.Warnings {
+		fmt.Fprintf(s.errOut, "warning: %s\n", w)
+	}
+	abi := "v" + mi.ABI
 	var cfg wasmimage.RuntimeConfig
 	if f.configFile != "" {
 		b, err := os.ReadFile(f.configFile)

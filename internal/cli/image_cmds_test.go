@@ -122,13 +122,38 @@ func TestImageCommandsRejectBadInput(t *testing.T) {
 	text := filepath.Join(t.TempDir(), "notes.txt")
 	noABI := filepath.Join(t.TempDir(), "noabi.wasm")
 	badCfg := filepath.Join(t.TempDir(), "runtime-config.json")
-	for f, b := range map[string][]byte{tiny: wasmbuild.TinyModule("proxy_abi_version_0_2_1"), text: []byte("not wasm"), noABI: wasmbuild.TinyModule("_start"), badCfg: []byte(`{"abi_version":"v0.2.1"}`)} {
+	// Modules Envoy would refuse to load, each for a reason the error must name.
+	unknownImports := filepath.Join(t.TempDir(), "imports.wasm")
+	spec := wasmbuild.Filter("0_2_1")
+	spec.Imports = []wasmbuild.SpecImport{wasmbuild.Imp("env", "proxy_teleport", "(i32)->(i32)"), wasmbuild.Imp("wasi_unstable", "proc_exit", "(i32)->()"), wasmbuild.Imp("env", "abort", "(i32,i32,i32,i32)->()")}
+	unknownABI := filepath.Join(t.TempDir(), "abi.wasm")
+	noMemory := filepath.Join(t.TempDir(), "nomem.wasm")
+	bothABIs := filepath.Join(t.TempDir(), "both.wasm")
+	both := wasmbuild.Filter("0_1_0")
+	both.Exports = append(both.Exports, wasmbuild.Exp("proxy_abi_version_0_2_1", "()->()"))
+	for f, b := range map[string][]byte{
+		tiny: wasmbuild.Filter("0_2_1").Bytes(), text: []byte("not wasm"), noABI: wasmbuild.TinyModule("_start"), badCfg: []byte(`{"abi_version":"v0.2.1"}`),
+		unknownImports: spec.Bytes(), unknownABI: wasmbuild.Spec{Memory: true, Exports: []wasmbuild.SpecExport{wasmbuild.Exp("proxy_abi_version_1_0_0", "()->()")}}.Bytes(),
+		noMemory: wasmbuild.TinyModule("proxy_abi_version_0_2_1"), bothABIs: both.Bytes(),
+	} {
 		if err := os.WriteFile(f, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	mustRun(t, "build", "precompiled", tiny, "-t", reg.Host+"/f:v1", "--store", store)
 	mustRun(t, "push", reg.Host+"/f:v1", "--store", store, "--plain-http", "-u", "dev", "-p", "pa55")
+	// A module that reached the store by pull (which checks only the format and the ABI
+	// marker) is still refused by push, before it is in another registry.
+	if _, err := wasmimage.Push(context.Background(), reg.Host+"/nomem:v1", wasmbuild.TinyModule("proxy_abi_version_0_2_1"), wasmimage.RuntimeConfig{Type: wasmimage.DefaultRuntimeType, AbiVersions: []string{"v0.2.1"}},
+		wasmimage.WithPlainHTTP(true), wasmimage.WithCredentials("dev", "pa55")); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "pull", reg.Host+"/nomem:v1", "--store", store, "--plain-http", "-u", "dev", "-p", "pa55")
+	// Two ABI markers load (Envoy takes the first): build warns and says which.
+	if _, errOut, code := wasme(t, "", "build", "precompiled", bothABIs, "-t", "both:v1", "--store", t.TempDir()); code != 0 ||
+		!strings.Contains(errOut, "warning: the module exports proxy_abi_version_0_1_0 and proxy_abi_version_0_2_1; Envoy uses the first in export order, so it runs as ABI 0.1.0") {
+		t.Errorf("build with two ABI markers: exit %d, stderr %q", code, errOut)
+	}
 	nonEmpty := filepath.Join(t.TempDir(), "taken")
 	_ = os.MkdirAll(filepath.Join(nonEmpty, "x"), 0o755)
 	auth := []string{"--plain-http", "-u", "dev", "-p", "pa55", "--store", store}
@@ -145,7 +170,12 @@ func TestImageCommandsRejectBadInput(t *testing.T) {
 		{"malformed reference", append([]string{"pull", "Bad Ref"}, auth...), "invalid reference"},
 		{"malformed digest", append([]string{"pull", reg.Host + "/f@sha256:abc"}, auth...), "bad digest"},
 		{"build: not wasm", []string{"build", "precompiled", text, "-t", "f:v1", "--store", store}, "bad magic bytes"},
-		{"build: no ABI export", []string{"build", "precompiled", noABI, "-t", "f:v1", "--store", store}, "no proxy-wasm ABI export"},
+		{"build: no ABI export", []string{"build", "precompiled", noABI, "-t", "f:v1", "--store", store}, "valid WebAssembly, but not a proxy-wasm filter: no proxy_abi_version_* export"},
+		{"build: unknown ABI version", []string{"build", "precompiled", unknownABI, "-t", "f:v1", "--store", store}, "exports proxy_abi_version_1_0_0, an ABI version Envoy does not know"},
+		{"build: unknown imports", []string{"build", "precompiled", unknownImports, "-t", "f:v1", "--store", store},
+			"missing import env.abort(i32,i32,i32,i32)->() (AssemblyScript's default abort: build with --use abort=abort_proc_exit, as the wasme template does); missing import env.proxy_teleport(i32)->(i32)"},
+		{"build: no memory, no allocator", []string{"build", "precompiled", noMemory, "-t", "f:v1", "--store", store}, "missing export malloc or proxy_on_memory_allocate (i32)->(i32); missing export memory"},
+		{"push: refused by the load check", append([]string{"push", reg.Host + "/nomem:v1"}, auth...), "push " + reg.Host + "/nomem:v1: wasmhost: not a proxy-wasm filter (ABI 0.2.1): missing export malloc"},
 		{"build: bad runtime config", []string{"build", "precompiled", tiny, "-t", "f:v1", "-c", badCfg, "--store", store}, `unknown field "abi_version"`},
 		{"build: no tag", []string{"build", "precompiled", tiny, "--store", store}, `"tag" not set`},
 		{"build: tinygo missing", []string{"build", "tinygo", t.TempDir(), "-t", "f:v1", "--store", store}, "tinygo is not on PATH"},
@@ -181,8 +211,8 @@ func TestImageCommandsRejectBadInput(t *testing.T) {
 	// Nothing the failures tried to store is there, half-written or whole.
 	list := mustRun(t, "list", "--store", store, "-o", "json")
 	var entries []imageInfo
-	if err := json.Unmarshal([]byte(list), &entries); err != nil || len(entries) != 1 {
-		t.Errorf("store after failures holds %s (%v), want only f:v1", list, err)
+	if err := json.Unmarshal([]byte(list), &entries); err != nil || len(entries) != 2 {
+		t.Errorf("store after failures holds %s (%v), want only f:v1 and nomem:v1", list, err)
 	}
 	filepath.WalkDir(store, func(p string, d os.DirEntry, err error) error {
 		if err == nil && strings.HasPrefix(d.Name(), ".tmp") {
@@ -227,7 +257,7 @@ func TestCredentialSources(t *testing.T) {
 	home := isolate(t)
 	reg := registry.StartT(t, registry.Options{Users: map[string]string{"dev": "pa55"}})
 	tiny := filepath.Join(t.TempDir(), "tiny.wasm")
-	if err := os.WriteFile(tiny, wasmbuild.TinyModule("proxy_abi_version_0_2_1"), 0o644); err != nil {
+	if err := os.WriteFile(tiny, wasmbuild.Filter("0_2_1").Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	ref := reg.Host + "/creds/f:v1"

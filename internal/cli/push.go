@@ -5,6 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"wasme.io/wasme/internal/wasmhost"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -53,6 +54,10 @@ CNCF Wasm artifact.`,
 			e, module, err := st.Get(ref)
 			if err != nil {
 				return err
+			}
+			// Refuse here what Envoy would refuse at load time, before it is in a registry.
+			if _, err := wasmhost.CheckModule(cmd.Context(), module); err != nil {
+				return fmt.Errorf("push %s: %w", ref.Familiar(), err)
 			}
 			res, err := wasmimage.Push(cmd.Context(), ref.String(), module, e.Config, append(opts, wasmimage.WithLayout(l))...)
 			if err != nil {

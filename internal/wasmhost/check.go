@@ -49,25 +49,11 @@ func CheckModule(ctx context.Context, module []byte) (ModuleInfo, error) {
 // the export order that decides the ABI version.
 func checkCompiled(module []byte, compiled wazero.CompiledModule) (ModuleInfo, error) {
 	var info ModuleInfo
-	markers, err := abiMarkers(module)
+	abi, warnings, err := ABIVersion(module)
 	if err != nil {
-		return info, fmt.Errorf("wasmhost: %w", err)
+		return info, err
 	}
-	known := slices.DeleteFunc(slices.Clone(markers), func(m string) bool { return !slices.Contains(abiVersions, m) })
-	switch {
-	case len(markers) == 0:
-		return info, fmt.Errorf("wasmhost: valid WebAssembly, but %w: no proxy_abi_version_* export", ErrNotFilter)
-	case len(known) == 0:
-		return info, fmt.Errorf("wasmhost: valid WebAssembly, but %w: it exports %s, an ABI version Envoy does not know (known: %s)",
-			ErrNotFilter, strings.Join(markers, ", "), strings.Join(abiVersions, ", "))
-	}
-	// Envoy takes the first known marker in export order (proxy-wasm-cpp-host
-	// src/bytecode_util.cc, BytecodeUtil::getAbiVersion); so do we.
-	info.ABI = abiName(known[0])
-	if len(known) > 1 {
-		info.Warnings = append(info.Warnings, fmt.Sprintf("the module exports %s; Envoy uses the first in export order, so it runs as ABI %s",
-			strings.Join(known, " and "), info.ABI))
-	}
+	info.ABI, info.Warnings = abi, warnings
 
 	var problems []string
 	for _, def := range compiled.ImportedFunctions() {
@@ -103,6 +89,31 @@ func checkCompiled(module []byte, compiled wazero.CompiledModule) (ModuleInfo, e
 		return info, fmt.Errorf("wasmhost: %w (ABI %s): %s", ErrNotFilter, info.ABI, strings.Join(problems, "; "))
 	}
 	return info, nil
+}
+
+// ABIVersion reads the proxy-wasm ABI version a module declares, as Envoy does: the first
+// known proxy_abi_version_* function export in export order (proxy-wasm-cpp-host
+// src/bytecode_util.cc, BytecodeUtil::getAbiVersion). Several known markers load, with a
+// warning; none, or only unknown ones, do not.
+func ABIVersion(module []byte) (abi string, warnings []string, err error) {
+	markers, err := abiMarkers(module)
+	if err != nil {
+		return "", nil, fmt.Errorf("wasmhost: %w", err)
+	}
+	known := slices.DeleteFunc(slices.Clone(markers), func(m string) bool { return !slices.Contains(abiVersions, m) })
+	switch {
+	case len(markers) == 0:
+		return "", nil, fmt.Errorf("wasmhost: valid WebAssembly, but %w: no proxy_abi_version_* export", ErrNotFilter)
+	case len(known) == 0:
+		return "", nil, fmt.Errorf("wasmhost: valid WebAssembly, but %w: it exports %s, an ABI version Envoy does not know (known: %s)",
+			ErrNotFilter, strings.Join(markers, ", "), strings.Join(abiVersions, ", "))
+	}
+	abi = abiName(known[0])
+	if len(known) > 1 {
+		warnings = append(warnings, fmt.Sprintf("the module exports %s; Envoy uses the first in export order, so it runs as ABI %s",
+			strings.Join(known, " and "), abi))
+	}
+	return abi, warnings, nil
 }
 
 func abiName(marker string) string {

@@ -159,4 +159,3 @@ func TestEveryHostFunctionIsKnown(t *testing.T) {
 		t.Errorf("%d WASI functions, Envoy has 45 (include/proxy-wasm/exports.h FOR_ALL_WASI_FUNCTIONS)", n)
 	}
 }
-

@@ -115,8 +115,9 @@ func TestValidateModule(t *testing.T) {
 	}{
 		{"0.2.1", wasmbuild.TinyModule("proxy_abi_version_0_2_1"), "v0.2.1", ""},
 		{"0.2.0", wasmbuild.TinyModule("proxy_abi_version_0_2_0"), "v0.2.0", ""},
-		{"0.1.0 and 0.2.1 prefers newest", wasmbuild.TinyModule("proxy_abi_version_0_1_0", "proxy_abi_version_0_2_1"), "v0.2.1", ""},
-		{"no ABI export", wasmbuild.TinyModule("_start"), "", "no proxy-wasm ABI export"},
+		{"0.1.0 and 0.2.1: the first export wins, as in Envoy", wasmbuild.TinyModule("proxy_abi_version_0_1_0", "proxy_abi_version_0_2_1"), "v0.1.0", ""},
+		{"no ABI export", wasmbuild.TinyModule("_start"), "", "valid WebAssembly, but not a proxy-wasm filter: no proxy_abi_version_* export"},
+		{"unknown ABI", wasmbuild.TinyModule("proxy_abi_version_9_9_9"), "", "proxy_abi_version_9_9_9, an ABI version Envoy does not know"},
 		{"empty", nil, "", "bad magic"},
 		{"text", []byte("(module)"), "", "bad magic"},
 		{"version 2", []byte{0, 'a', 's', 'm', 2, 0, 0, 0}, "", "version 2"},
@@ -126,8 +127,8 @@ func TestValidateModule(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			abi, err := wasmimage.ValidateModule(ctx, c.wasm)
 			if c.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), c.wantErr) || !errors.Is(err, wasmimage.ErrNotWasm) {
-					t.Fatalf("err %v, want ErrNotWasm with %q", err, c.wantErr)
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) || !(errors.Is(err, wasmimage.ErrNotWasm) || errors.Is(err, wasmimage.ErrNotFilter)) {
+					t.Fatalf("err %v, want ErrNotWasm or ErrNotFilter with %q", err, c.wantErr)
 				}
 				return
 			}

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/tetratelabs/wazero"
+
+	"wasme.io/wasme/internal/wasmhost"
 )
 
 // ErrNotWasm is wrapped by errors about bytes that are not a usable Wasm module.
@@ -15,12 +17,9 @@ var ErrNotWasm = errors.New("not a WebAssembly module")
 
 var wasmMagic = []byte{0x00, 'a', 's', 'm'}
 
-// proxyABIExports are the proxy-wasm ABI markers a filter exports, newest first.
-var proxyABIExports = []struct{ export, version string }{
-	{"proxy_abi_version_0_2_1", "v0.2.1"},
-	{"proxy_abi_version_0_2_0", "v0.2.0"},
-	{"proxy_abi_version_0_1_0", "v0.1.0"},
-}
+// ErrNotFilter is wrapped by errors about valid WebAssembly that is not a proxy-wasm filter
+// Envoy can load.
+var ErrNotFilter = wasmhost.ErrNotFilter
 
 // CheckHeader checks the Wasm magic bytes and binary version 1; it is the cheap check Pull
 // always does, so a layer that is not wasm is refused before anything else sees it.
@@ -35,10 +34,11 @@ func CheckHeader(wasm []byte) error {
 	return nil
 }
 
-// ValidateModule checks that wasm is a proxy-wasm filter Envoy can load: the header, a full
-// compile by wazero (which validates every function body), and a proxy_abi_version_* export.
-// It returns the newest ABI version the module declares, as "v0.2.1", "v0.2.0" or "v0.1.0".
-// It does not run the module; the host's start-up checks belong to internal/wasmhost.
+// ValidateModule checks that wasm is a WebAssembly module that declares a proxy-wasm ABI: the
+// header, a full compile by wazero (which validates every function body), and a
+// proxy_abi_version_* export read as Envoy reads it. It returns that ABI version, as "v0.2.1",
+// "v0.2.0" or "v0.1.0". Imports, exports and start-up are checked by internal/wasmhost
+// (CheckModule, Validate).
 func ValidateModule(ctx context.Context, wasm []byte) (abiVersion string, err error) {
 	if err := CheckHeader(wasm); err != nil {
 		return "", err
@@ -52,13 +52,11 @@ func ValidateModule(ctx context.Context, wasm []byte) (abiVersion string, err er
 		return "", fmt.Errorf("%w: does not compile: %s", ErrNotWasm, firstLine(err.Error()))
 	}
 	defer mod.Close(ctx)
-	exports := mod.ExportedFunctions()
-	for _, abi := range proxyABIExports {
-		if _, ok := exports[abi.export]; ok {
-			return abi.version, nil
-		}
+	abi, _, err := wasmhost.ABIVersion(wasm)
+	if err != nil {
+		return "", err
 	}
-	return "", fmt.Errorf("%w: no proxy-wasm ABI export (want one of proxy_abi_version_0_2_1, proxy_abi_version_0_2_0, proxy_abi_version_0_1_0)", ErrNotWasm)
+	return "v" + abi, nil
 }
 
 func firstLine(s string) string {
