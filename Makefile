@@ -59,8 +59,8 @@ verify: generate manifests build-installer tidy fmt vet ## Regenerate everything
 		echo "make verify: the tree is not clean after regeneration:"; git status --porcelain; git --no-pager diff --stat; exit 1; fi
 
 .PHONY: tools
-tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, registry, controller-gen, kustomize) into the tool cache.
-	hack/tools/build.sh etcd kube-apiserver istiod registry controller-gen kustomize >/dev/null
+tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, registry, helm, oras, crane, controller-gen, kustomize) into the tool cache.
+	hack/tools/build.sh etcd kube-apiserver istiod registry helm oras crane controller-gen kustomize >/dev/null
 
 ##@ Build and test
 
@@ -70,6 +70,7 @@ build: ## Build bin/wasme.
 
 .PHONY: test
 test: ## Run every test against a real kube-apiserver and etcd (test/e2e also against a real istiod).
+	@hack/prereqs.sh test
 	@assets=$$(hack/tools/build.sh --assets) && istiod=$$(hack/tools/build.sh istiod) && registry=$$(hack/tools/build.sh registry) && \
 	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry" && \
 	  export KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry && \
@@ -84,17 +85,15 @@ fuzz: ## Run each fuzz target briefly (FUZZTIME, default 10s) beyond its seed co
 
 .PHONY: demo
 demo: ## The seed walkthrough on a local control plane (etcd, kube-apiserver, istiod, registry, wasme); KEEP=1 keeps it up.
-	@echo ">> compiling hack/demo"
-	go run ./hack/demo $(if $(KEEP),--keep)
+	@hack/prereqs.sh demo
+	@echo ">> then: etcd, kube-apiserver, istiod, the registry, the wasme operator and 2 node caches on 127.0.0.1, the seed walkthrough (about a minute)"
+	@echo ">> compiling hack/demo (a minute the first time)"
+	@go run ./hack/demo $(if $(KEEP),--keep)
 
 .PHONY: bench
 bench: build ## Run the benchmarks (docs/performance.md): print the table, write bench/results/latest.json.
 	@# Row 5 compares the node cache with Debian's nginx; as root it is installed when missing.
-	@if ! command -v nginx >/dev/null; then \
-	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
-	    echo ">> installing Debian's nginx for row 5"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
-	  else echo ">> nginx is missing: row 5 runs without its comparison (apt-get install nginx)"; fi; fi
+	@hack/prereqs.sh bench
 	@assets=$$(hack/tools/build.sh --assets) && registry=$$(hack/tools/build.sh registry) && hack/tools/build.sh oras >/dev/null && \
 	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_TEST_REGISTRY=$$registry; compiling bench/cmd/wasme-bench" && \
 	  KUBEBUILDER_ASSETS=$$assets WASME_TEST_REGISTRY=$$registry go run ./bench/cmd/wasme-bench -wasme bin/wasme $(if $(ROWS),-rows $(ROWS))

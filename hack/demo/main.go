@@ -5,8 +5,9 @@
 //	go run ./hack/demo          # run it, print each step, stop everything, exit 0
 //	go run ./hack/demo --keep   # keep it running and print how to use it with kubectl
 //
-// The first run builds the pinned tools (etcd, kube-apiserver, istiod); their build progress
-// is printed.
+// The first run builds the pinned tools (etcd, kube-apiserver, istiod, the registry); their
+// build progress is printed. `make demo` runs hack/prereqs.sh first, which says what will be
+// built and about how long it takes.
 package main
 
 import (
@@ -18,6 +19,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
 	"wasme.io/wasme/internal/testing/localcluster"
 )
 
@@ -25,6 +29,9 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the control plane running after the walkthrough, until Ctrl-C")
 	dir := flag.String("dir", "", "working directory (kubeconfig, logs, node caches); default: a temporary one, removed at exit")
 	flag.Parse()
+	// controller-runtime (envtest, clients) logs through a global logger; unset, it prints a
+	// stack trace after 30 s. The demo's own output is its steps; the components log to files.
+	ctrllog.SetLogger(logr.Discard())
 	if err := run(*keep, *dir); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
@@ -35,7 +42,7 @@ func run(keep bool, dir string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	began := time.Now()
-	fmt.Println("==> building the pinned tools if needed (etcd, kube-apiserver, istiod: minutes on the first run)")
+	fmt.Println("==> building the pinned tools if needed (etcd, kube-apiserver, istiod, registry: minutes on the first run)")
 	if keep && dir == "" {
 		// Kept up, the directory must outlive nothing but this process; still, say where it is.
 		d, err := os.MkdirTemp("", "wasme-demo-")
