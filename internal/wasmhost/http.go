@@ -340,6 +340,21 @@ type respWriter struct {
 	code     int
 	declared int64 // the Content-Length the client was promised, or -1
 	sent     int64
+	upLength int64 // the upstream's Content-Length, or -1: its last byte ends the stream
+	upIn     int64
+	ended    bool   // proxy_on_response_body has seen end_of_stream
+	held     []byte // body passed by the filter, waiting for the headers
+}
+
+// Flush passes an upstream's flush on once the headers are out, so streaming responses
+// stream through the filter.
+func (rw *respWriter) Flush() {
+	if rw.pending || rw.skip {
+		return
+	}
+	if f, ok := rw.w.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 func (rw *respWriter) Header() http.Header { return rw.w.Header() }
@@ -359,6 +374,10 @@ func (rw *respWriter) WriteHeader(code int) {
 	// A response that cannot have a body ends with its headers, as Envoy's codec reports it:
 	// end_of_stream is true and no body callback follows.
 	noBody := rw.head || code == http.StatusNoContent || code == http.StatusNotModified || h.Get("Content-Length") == "0"
+	rw.upLength = -1
+	if n, err := strconv.ParseInt(h.Get("Content-Length"), 10, 64); err == nil && n >= 0 {
+		rw.upLength = n
+	}
 	if noBody {
 		rw.bodyCB = false
 	}
@@ -431,11 +450,18 @@ func (rw *respWriter) Write(b []byte) (int, error) {
 	if !rw.bodyCB || s.failed {
 		return rw.w.Write(b)
 	}
+	if rw.ended {
+		return 0, errors.New("wasmhost: the upstream wrote past its Content-Length")
+	}
 	rw.buf = append(rw.buf, b...)
 	if len(rw.buf) > s.p.cfg.MaxBodyBytes {
 		rw.abort(errors.New("wasmhost: response body buffered for the filter exceeds the limit"))
 	}
-	if err := rw.flushBody(false); err != nil {
+	// With a Content-Length, the chunk that completes it carries end_of_stream, as the last
+	// data frame does in Envoy.
+	rw.upIn += int64(len(b))
+	last := rw.upLength >= 0 && rw.upIn >= rw.upLength
+	if err := rw.flushBody(last); err != nil {
 		return 0, err
 	}
 	return len(b), nil
@@ -445,6 +471,7 @@ func (rw *respWriter) Write(b []byte) (int, error) {
 // filter pauses to see more.
 func (rw *respWriter) flushBody(end bool) error {
 	s := rw.s
+	rw.ended = end
 	s.respBody = &bodyBuf{data: rw.buf}
 	act, err := s.invoke(rw.ctx, "proxy_on_response_body", uint64(len(rw.buf)), eos(end))
 	data := s.respBody.data
@@ -469,7 +496,15 @@ func (rw *respWriter) flushBody(end bool) error {
 	}
 	in := len(rw.buf)
 	rw.buf = nil
+	if rw.pending && !end && rw.upLength >= 0 && rw.upLength <= int64(s.p.cfg.MaxBodyBytes) {
+		// A body of known, bounded length is held until its end: the filter may still change
+		// its length, and the client gets the true Content-Length.
+		rw.held = append(rw.held, data...)
+		return nil
+	}
 	if rw.pending {
+		data = append(rw.held, data...)
+		rw.held = nil
 		rw.sendHeader(in, len(data), end)
 	}
 	if rw.declared >= 0 && (rw.sent+int64(len(data)) > rw.declared || (end && rw.sent+int64(len(data)) != rw.declared)) {
@@ -494,7 +529,7 @@ func (rw *respWriter) finish() {
 	if rw.skip {
 		return
 	}
-	if rw.bodyCB && !s.failed {
+	if rw.bodyCB && !s.failed && !rw.ended {
 		if err := rw.flushBody(true); err != nil {
 			return
 		}

@@ -140,3 +140,69 @@ func TestRequestMutationsReachUpstream(t *testing.T) {
 		t.Fatalf("upstream saw %+v", seen)
 	}
 }
+
+// TestContentLength: Envoy keeps an upstream's Content-Length through a filter with a body
+// callback unless the body changes; HEAD responses keep theirs and run no body callback; the
+// chunk that completes the declared length carries end_of_stream.
+func TestContentLength(t *testing.T) {
+	p, logs := newPlugin(t, PluginConfig{Module: probe(t), LogLevel: LogDebug})
+	upstream := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("chunked") == "" {
+			w.Header().Set("Content-Length", "12")
+		}
+		if r.Method != http.MethodHead {
+			io.WriteString(w, "details: ")
+			w.(http.Flusher).Flush()
+			io.WriteString(w, "123")
+		}
+	})
+	srv := httptest.NewServer(p.Wrap(flushable(upstream)))
+	defer srv.Close()
+	cases := []struct {
+		name, method, path, mode string
+		length                   int64
+		chunked                  bool
+		body                     string
+	}{
+		{"unchanged body keeps it", "GET", "/", "", 12, false, "details: 123"},
+		{"HEAD keeps it", "HEAD", "/", "", 12, false, ""},
+		{"changed body gets the new length", "GET", "/", "append-body", 13, false, "details: 123!"},
+		{"HEAD with a body-changing filter", "HEAD", "/", "append-body", 12, false, ""},
+		{"no length stays chunked", "GET", "/?chunked=1", "append-body", -1, true, "details: 123!"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest(c.method, srv.URL+c.path, nil)
+			req.Header.Set("x-probe", c.mode)
+			resp, err := srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != 200 || string(b) != c.body {
+				t.Fatalf("%d %q %v; log: %s", resp.StatusCode, b, err, logs)
+			}
+			if resp.ContentLength != c.length || (len(resp.TransferEncoding) > 0) != c.chunked {
+				t.Errorf("Content-Length %d, transfer encoding %v; want %d, chunked %v", resp.ContentLength, resp.TransferEncoding, c.length, c.chunked)
+			}
+		})
+	}
+}
+
+// flushable lets a handler flush through a writer that may not implement http.Flusher.
+func flushable(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := w.(http.Flusher); !ok {
+			w = struct {
+				http.ResponseWriter
+				http.Flusher
+			}{w, noFlush{}}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+type noFlush struct{}
+
+func (noFlush) Flush() {}

@@ -279,6 +279,17 @@ func onResponseHeaders(id, n, eos uint32) uint32 {
 	return 0
 }
 
+// proxy_on_response_body: "append-body" adds "!" at the end of the response body.
+//
+//go:wasmexport proxy_on_response_body
+func onResponseBody(id, size, eos uint32) uint32 {
+	if modes[id] == "append-body" && eos == 1 {
+		p, n := str("!")
+		proxySetBufferBytes(1, size, 0, p, n)
+	}
+	return 0
+}
+
 //go:wasmexport proxy_on_done
 func onDone(id uint32) uint32 { return 1 }
 
