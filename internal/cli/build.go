@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"wasme.io/wasme/internal/filterbuild"
 	"wasme.io/wasme/internal/wasmhost"
 	"wasme.io/wasme/pkg/wasmimage"
 )
@@ -50,6 +51,7 @@ No container runtime is needed: the language's own toolchain on PATH is used.`,
   wasme build precompiled filter.wasm -t registry.example.com/team/my-filter:v1 -c runtime-config.json`,
 	}
 	cmd.AddCommand(
+		newBuildLangCmd(s, "assemblyscript", "Build an AssemblyScript filter with npm (npm ci, npm run asbuild:optimized; the original wasme's projects)", buildAssemblyScript),
 		newBuildLangCmd(s, "go", "Build a Go filter with the standard toolchain (GOOS=wasip1 GOARCH=wasm, -buildmode=c-shared)", buildGo),
 		newBuildLangCmd(s, "tinygo", "Build a Go filter with TinyGo (-target=wasip1 -buildmode=c-shared)", buildTinyGo),
 		newBuildLangCmd(s, "rust", "Build a Rust filter with cargo (--target wasm32-wasip1 --release)", buildRust),
@@ -79,6 +81,13 @@ func newBuildLangCmd(s streams, lang, short string, build buildSource) *cobra.Co
 			}
 			defer os.RemoveAll(tmp)
 			dst := filepath.Join(tmp, "filter.wasm")
+			// A project's own runtime-config.json (the original's templates have one) is used
+			// unless -c names another.
+			if f.configFile == "" {
+				if rc := filepath.Join(dir, "runtime-config.json"); fileExists(rc) {
+					f.configFile = rc
+				}
+			}
 			if err := build(cmd.Context(), dir, dst, s.errOut); err != nil {
 				return err
 			}
@@ -218,4 +227,16 @@ func buildRust(ctx context.Context, dir, dst string, stderr io.Writer) error {
 		return err
 	}
 	return os.WriteFile(dst, b, 0o644)
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
+}
+
+func buildAssemblyScript(ctx context.Context, dir, dst string, stderr io.Writer) error {
+	if err := filterbuild.AssemblyScript(ctx, dir, dst, stderr); err != nil {
+		return fmt.Errorf("build assemblyscript: %w", err)
+	}
+	return nil
 }

@@ -34,6 +34,8 @@ type runOptions struct {
 	memoryMiB   uint64
 	plainHTTP   bool
 	insecure    bool
+	pull        string
+	store       storeFlag
 }
 
 func newRunCmd(s streams) *cobra.Command {
@@ -45,8 +47,10 @@ func newRunCmd(s streams) *cobra.Command {
 upstream passes through the filter. No Envoy and no Docker are needed: the filter runs on
 wasme's own proxy-wasm host, the same one that validates filters before they are deployed.
 
-The filter is a .wasm file, or an image reference that is pulled from its registry.
-Ctrl-C stops it.`,
+The filter is a .wasm file, or an image reference. An image in the local store (wasme build,
+wasme pull) runs from there, as docker run does; --pull always fetches it from its registry
+every time, --pull never only uses the local store. The first line printed says which was
+used. Ctrl-C stops it.`,
 		Example: `  wasme run custom-header.wasm --upstream http://127.0.0.1:9080
   wasme run custom-header.wasm --upstream http://127.0.0.1:9080 --config '{"name":"x-a","value":"b"}'
   wasme run registry.example/filters/custom-header:v0.1 --upstream http://127.0.0.1:9080 --listen 127.0.0.1:8081`,
@@ -68,6 +72,8 @@ Ctrl-C stops it.`,
 	f.Uint64Var(&o.memoryMiB, "memory-limit", wasmhost.DefaultMemoryLimit>>20, "memory limit per filter instance, in MiB")
 	f.BoolVar(&o.plainHTTP, "plain-http", false, "pull the image over plain HTTP")
 	f.BoolVar(&o.insecure, "insecure-skip-verify", false, "accept any TLS certificate from the registry")
+	f.StringVar(&o.pull, "pull", "missing", "when to pull the image: missing (not in the local store), always, never")
+	o.store.bind(cmd)
 	_ = cmd.MarkFlagRequired("upstream")
 	cmd.MarkFlagsMutuallyExclusive("config", "config-file")
 	return cmd
@@ -92,24 +98,47 @@ func parseLogLevel(s string) (wasmhost.LogLevel, slog.Level, error) {
 	return 0, 0, fmt.Errorf("--log-level %q: want one of %s", s, strings.Join(levels, ", "))
 }
 
-// loadFilter reads a .wasm file, or pulls the image when the argument is not a file. It
-// returns the module, the root id the image declares, and a name for logs.
-func loadFilter(ctx context.Context, arg string, o runOptions) ([]byte, string, string, error) {
-	module, err := os.ReadFile(arg)
+// loadFilter reads a .wasm file, or finds the image in the local store or its registry as
+// --pull says. It returns the module, the root id the image declares, a name for logs and
+// where the module came from.
+func loadFilter(ctx context.Context, arg string, o runOptions) (module []byte, rootID, name, source string, err error) {
+	module, err = os.ReadFile(arg)
 	if err == nil {
-		return module, "", filepath.Base(arg), nil
+		return module, "", filepath.Base(arg), "file", nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) || strings.HasSuffix(arg, ".wasm") {
-		return nil, "", "", err
+		return nil, "", "", "", err
+	}
+	switch o.pull {
+	case "missing", "always", "never":
+	default:
+		return nil, "", "", "", fmt.Errorf("--pull %q: want missing, always or never", o.pull)
+	}
+	ref, rerr := parseRef(arg)
+	if rerr != nil {
+		return nil, "", "", "", fmt.Errorf("%s is not a file, nor an image reference: %w", arg, rerr)
+	}
+	if o.pull != "always" {
+		st, err := o.store.open()
+		if err != nil {
+			return nil, "", "", "", err
+		}
+		e, b, err := st.Get(ref)
+		switch {
+		case err == nil:
+			return b, e.Config.RootID(), arg, "local store", nil
+		case o.pull == "never" || !errors.Is(err, wasmimage.ErrNotInStore):
+			return nil, "", "", "", fmt.Errorf("%w (--pull %s)", err, o.pull)
+		}
 	}
 	img, perr := wasmimage.Pull(ctx, arg,
 		wasmimage.WithDefaultCredentials(""),
 		wasmimage.WithPlainHTTP(o.plainHTTP),
 		wasmimage.WithInsecureSkipVerify(o.insecure))
 	if perr != nil {
-		return nil, "", "", fmt.Errorf("%s is not a file, and pulling it as an image failed: %w", arg, perr)
+		return nil, "", "", "", fmt.Errorf("%s is not a file, and pulling it as an image failed: %w", arg, perr)
 	}
-	return img.Module, img.Config.RootID(), arg, nil
+	return img.Module, img.Config.RootID(), arg, "pulled from its registry", nil
 }
 
 // newRunHandler is the reverse proxy of `wasme run`: upstream behind the filter.
@@ -166,7 +195,7 @@ func runFilter(ctx context.Context, s streams, arg string, o runOptions) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(s.errOut, &slog.HandlerOptions{Level: slevel}))
-	module, imageRootID, name, err := loadFilter(ctx, arg, o)
+	module, imageRootID, name, source, err := loadFilter(ctx, arg, o)
 	if err != nil {
 		return err
 	}
@@ -184,7 +213,7 @@ func runFilter(ctx context.Context, s streams, arg string, o runOptions) error {
 		return err
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError)}
-	fmt.Fprintf(s.out, "Listening on http://%s, filter %s (root id %q, ABI %s) in front of %s\n", ln.Addr(), name, o.rootID, p.ABIVersion(), o.upstream)
+	fmt.Fprintf(s.out, "Listening on http://%s, filter %s (%s; root id %q, ABI %s) in front of %s\n", ln.Addr(), name, source, o.rootID, p.ABIVersion(), o.upstream)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

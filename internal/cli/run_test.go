@@ -39,6 +39,13 @@ func upstream(tb testing.TB) *httptest.Server {
 // startRun runs `wasme run` as a user would and returns the address it prints.
 func startRun(t *testing.T, args ...string) (addr string, stop func() (string, error)) {
 	t.Helper()
+	addr, stop, _ = startRunLine(t, args...)
+	return addr, stop
+}
+
+// startRunLine is startRun, also returning the first line wasme run printed.
+func startRunLine(t *testing.T, args ...string) (addr string, stop func() (string, error), first string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
 	errc := make(chan error, 1)
@@ -66,7 +73,7 @@ func startRun(t *testing.T, args ...string) (addr string, stop func() (string, e
 		cancel()
 		rest, _ := io.ReadAll(br)
 		return string(rest), <-errc
-	}
+	}, line
 }
 
 func TestRunCustomHeader(t *testing.T) {
@@ -136,7 +143,7 @@ func TestRunImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := upstream(t)
-	addr, stop := startRun(t, ref, "--upstream", up.URL, "--listen", "127.0.0.1:0", "--plain-http",
+	addr, stop := startRun(t, ref, "--upstream", up.URL, "--listen", "127.0.0.1:0", "--plain-http", "--store", t.TempDir(),
 		"--config", `{"name":"x-from-image","value":"1"}`)
 	resp, err := http.Get("http://" + addr + "/details/123")
 	if err != nil {
@@ -164,7 +171,9 @@ func TestRunRejects(t *testing.T) {
 		{"not a url", []string{file, "--upstream", "localhost"}, "want an http:// or https:// URL"},
 		{"missing file", []string{filepath.Join(t.TempDir(), "x.wasm"), "--upstream", up.URL}, "no such file"},
 		{"bad log level", []string{file, "--upstream", up.URL, "--log-level", "loud"}, "--log-level"},
-		{"neither file nor image", []string{"no such thing", "--upstream", up.URL}, "is not a file, and pulling it as an image failed"},
+		{"neither file nor image", []string{"no such thing", "--upstream", up.URL}, "is not a file, nor an image reference"},
+		{"never pull, not in the store", []string{"registry.example.com/f:v9", "--upstream", up.URL, "--pull", "never", "--store", t.TempDir()}, "not in the local store (wasme list shows what it holds) (--pull never)"},
+		{"bad pull policy", []string{"registry.example.com/f:v9", "--upstream", up.URL, "--pull", "sometimes"}, "--pull \"sometimes\""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
