@@ -36,6 +36,11 @@ case "$target" in
   bench) apt_pkgs=(nginx) ;;
   *) apt_pkgs=() ;;
 esac
+# The AssemblyScript tests build the original SDK's filter with npm (wasme build assemblyscript);
+# its downloads are cached beside the tools ($WASME_TOOLS_CACHE/npm).
+case "$target" in
+  test | ci) command -v npm >/dev/null || apt_pkgs+=(nodejs npm) ;;
+esac
 
 # Go, at least the version go.mod asks for.
 want_go=$(awk '$1 == "go" {print $2; exit}' go.mod)
