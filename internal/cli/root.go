@@ -37,6 +37,7 @@ func NewRootCmd(s streams) *cobra.Command {
 	root.AddCommand(newDeployCmd(s))
 	root.AddCommand(newUndeployCmd(s))
 	root.AddCommand(newRunCmd(s))
+	root.AddCommand(newValidateModuleCmd())
 	return root
 }
 

@@ -210,15 +210,14 @@ func Validate(ctx context.Context, module []byte, rootID string, config []byte) 
 }
 
 func validate(ctx context.Context, module []byte, rootID string, config []byte, cache *Cache) error {
-	p, err := NewPlugin(ctx, PluginConfig{
-		Cache:         cache,
-		Module:        module,
-		Name:          "validate",
-		RootID:        rootID,
-		Configuration: config,
-		PoolSize:      1,
-		Logger:        slog.New(slog.DiscardHandler),
-	})
+	return ValidateWith(ctx, PluginConfig{Cache: cache, Module: module, RootID: rootID, Configuration: config})
+}
+
+// ValidateWith is Validate with the limits of cfg (StartTimeout, MemoryLimit, Cache); it runs
+// one instance, with its log discarded except what the error quotes.
+func ValidateWith(ctx context.Context, cfg PluginConfig) error {
+	cfg.Name, cfg.PoolSize, cfg.Logger = "validate", 1, slog.New(slog.DiscardHandler)
+	p, err := NewPlugin(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -145,3 +145,15 @@ func TableGrow(entries int32) []byte {
 	m.Export("proxy_on_configure", m.Func(i32x2, i32x1, 0, body...))
 	return m.Bytes()
 }
+
+// MemoryHog grows its memory by pages 64-KiB pages in proxy_on_configure and accepts its
+// configuration only if that worked: a host must bound it (a memory limit, an address-space
+// limit) without dying of it.
+func MemoryHog(pages int32) []byte {
+	m := &Module{}
+	abi(m)
+	m.Memory(1, -1, "memory")
+	body := Cat(I32c(pages), []byte{0x40, 0x00}, I32c(-1), []byte{0x47}) // memory.grow; i32.ne
+	m.Export("proxy_on_configure", m.Func(i32x2, i32x1, 0, body...))
+	return m.Bytes()
+}
