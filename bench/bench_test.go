@@ -4,9 +4,12 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"wasme.io/wasme/internal/validation"
 )
 
 // TestQuick runs every row of `make bench` at a tiny size, so the benchmarks cannot rot. It
@@ -131,4 +134,10 @@ func httptestRequest(method, url, ctype string) *http.Request {
 		r.Header.Set("Content-Type", ctype)
 	}
 	return r
+}
+
+// TestMain lets the in-process operator start this binary as its validation child.
+func TestMain(m *testing.M) {
+	validation.ServeChildIfAsked()
+	os.Exit(m.Run())
 }

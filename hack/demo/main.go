@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+	"wasme.io/wasme/internal/validation"
 
 	"github.com/go-logr/logr"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -26,6 +27,7 @@ import (
 )
 
 func main() {
+	validation.ServeChildIfAsked() // the in-process operator's validation children
 	keep := flag.Bool("keep", false, "keep the control plane running after the walkthrough, until Ctrl-C")
 	dir := flag.String("dir", "", "working directory (kubeconfig, logs, node caches); default: a temporary one, removed at exit")
 	flag.Parse()

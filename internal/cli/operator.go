@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"wasme.io/wasme/internal/kube"
 	"wasme.io/wasme/internal/moduleserver"
 	"wasme.io/wasme/internal/operator"
+	"wasme.io/wasme/internal/validation"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -26,8 +28,14 @@ type operatorOptions struct {
 	cacheReportDelay        time.Duration
 	caFile                  string
 	maxModuleSize           int64
+	moduleStoreSize         int64
+	validationTimeout       time.Duration
+	validationMemory        int64
 	logLevel                string
 }
+
+// maxModuleSizeCeiling is the largest --max-module-size: the module store must hold a few.
+const maxModuleSizeCeiling = 256 << 20
 
 func newOperatorCmd(s streams) *cobra.Command {
 	o := operatorOptions{}
@@ -55,6 +63,16 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 			if err != nil {
 				return err
 			}
+			switch {
+			case o.maxModuleSize <= 0 || o.maxModuleSize > maxModuleSizeCeiling:
+				return fmt.Errorf("--max-module-size must be between 1 and %d bytes (256 MiB), not %d", maxModuleSizeCeiling, o.maxModuleSize)
+			case o.moduleStoreSize < o.maxModuleSize:
+				return fmt.Errorf("--module-store-size (%d) must hold at least one module of --max-module-size (%d)", o.moduleStoreSize, o.maxModuleSize)
+			case o.validationTimeout <= 0:
+				return errors.New("--validation-timeout must be positive")
+			case o.validationMemory < 64<<20:
+				return errors.New("--validation-memory must be at least 64 MiB")
+			}
 			imgOpts := []wasmimage.Option{wasmimage.WithMaxModuleSize(o.maxModuleSize)}
 			if o.caFile != "" {
 				imgOpts = append(imgOpts, wasmimage.WithCAFile(o.caFile))
@@ -67,7 +85,13 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 				MetricsAddr: o.metricsAddr, ProbeAddr: o.probeAddr, ModuleAddr: o.moduleAddr,
 				LeaderElection: o.leaderElect, LeaderElectionNamespace: ns,
 				CacheUsers: o.cacheUsers, ResolveInterval: o.resolveInterval, CacheReportDelay: o.cacheReportDelay,
-				Images: operator.RegistryImages{Options: imgOpts},
+				Images:           operator.RegistryImages{Options: imgOpts},
+				MaxModuleBytes:   o.maxModuleSize,
+				ModuleStoreBytes: o.moduleStoreSize,
+				Validation: validation.Limits{
+					Timeout:      o.validationTimeout,
+					AddressSpace: uint64(o.validationMemory),
+				},
 				Scheme: scheme,
 				Log:    zap.New(zap.WriteTo(s.errOut), zap.Level(level)),
 			})
@@ -84,7 +108,10 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 	f.DurationVar(&o.resolveInterval, "resolve-interval", 5*time.Minute, "how often image tags are resolved again, so a re-pushed tag rolls out")
 	f.DurationVar(&o.cacheReportDelay, "cache-report-delay", time.Second, "node cache reports within this time cause one pass (and status write) per FilterDeployment; negative: one pass per report")
 	f.StringVar(&o.caFile, "registry-ca-file", "", "PEM file of extra CAs trusted for registries")
-	f.Int64Var(&o.maxModuleSize, "max-module-size", 256<<20, "largest module accepted, in bytes")
+	f.Int64Var(&o.maxModuleSize, "max-module-size", moduleserver.DefaultMaxModuleBytes, "largest module accepted, in bytes (at most 256 MiB)")
+	f.Int64Var(&o.moduleStoreSize, "module-store-size", moduleserver.DefaultMaxStoreBytes, "bytes of modules the operator keeps in memory for validation and the node caches")
+	f.DurationVar(&o.validationTimeout, "validation-timeout", validation.DefaultTimeout, "wall-clock budget of one module validation (a child process)")
+	f.Int64Var(&o.validationMemory, "validation-memory", validation.DefaultAddressSpace, "address space one validation child may map beyond its start, in bytes")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

@@ -39,7 +39,7 @@ const (
 	// DefaultMaxStoreBytes bounds the in-memory store; modules are typically a few MiB.
 	DefaultMaxStoreBytes = 256 << 20
 	// DefaultMaxModuleBytes is the largest module Fetch may return.
-	DefaultMaxModuleBytes = 256 << 20
+	DefaultMaxModuleBytes = 64 << 20
 	// DefaultFetchTimeout bounds one fallback Fetch, which may pull from a slow registry.
 	DefaultFetchTimeout = 2 * time.Minute
 )
@@ -63,8 +63,11 @@ type Options struct {
 	Fetch func(ctx context.Context, fd *wasmev1.FilterDeployment) ([]byte, error)
 	// Addr is where Start listens. Empty means DefaultAddr.
 	Addr string
-	// MaxStoreBytes bounds the store (least recently used modules go first). Zero means
-	// DefaultMaxStoreBytes.
+	// Store holds the modules, shared with the reconciler. Nil means a store of its own of
+	// MaxStoreBytes.
+	Store *Store
+	// MaxStoreBytes bounds a store of its own (modules no FilterDeployment names go first,
+	// then the least recently used). Zero means DefaultMaxStoreBytes.
 	MaxStoreBytes int64
 	// MaxModuleBytes is the largest module accepted from Fetch or Put. Zero means DefaultMaxModuleBytes.
 	MaxModuleBytes int64
@@ -119,7 +122,12 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, allowed: map[string]bool{}, store: NewStore(opts.MaxStoreBytes), metrics: m}
+	store := opts.Store
+	if store == nil {
+		store = NewStore(opts.MaxStoreBytes)
+	}
+	s := &Server{opts: opts, allowed: map[string]bool{}, store: store, metrics: m}
+	store.named = s.namedDigests
 	for _, u := range opts.AllowedUsers {
 		s.allowed[u] = true
 	}
@@ -141,6 +149,36 @@ func (s *Server) Put(digest string, data []byte) error {
 		return fmt.Errorf("module %s is %d bytes, more than the limit of %d", digest, len(data), s.opts.MaxModuleBytes)
 	}
 	return s.store.Put(hexDigest, data)
+}
+
+// Get returns the stored module with digest "sha256:<hex>". The slice must not be modified.
+func (s *Server) Get(digest string) ([]byte, bool) {
+	hexDigest, err := wasmev1.ModuleDigestHex(digest)
+	if err != nil {
+		return nil, false
+	}
+	return s.store.Get(hexDigest)
+}
+
+// namedDigests returns the hex digests FilterDeployment statuses name, for the store's
+// eviction; nil when they cannot be listed (then nothing counts as named).
+func (s *Server) namedDigests() map[string]bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var list wasmev1.FilterDeploymentList
+	if err := s.opts.Client.List(ctx, &list); err != nil {
+		s.opts.Log.Error(err, "listing FilterDeployments for the module store's eviction")
+		return nil
+	}
+	named := map[string]bool{}
+	for i := range list.Items {
+		for _, d := range []string{list.Items[i].Status.ModuleDigest, list.Items[i].Status.DeployedModuleDigest} {
+			if h, err := wasmev1.ModuleDigestHex(d); err == nil {
+				named[h] = true
+			}
+		}
+	}
+	return named
 }
 
 // Has reports whether the store holds the module with digest "sha256:<hex>".

@@ -65,9 +65,12 @@ type ImageSource interface {
 // the filter's own proxy_on_vm_start / proxy_on_configure.
 type Validator func(ctx context.Context, module []byte, rootID string, config []byte) error
 
-// ModuleSink receives every module the operator pulled, for the node caches (moduleserver).
-type ModuleSink interface {
+// ModuleStore holds the bytes of the modules the operator pulled, by digest "sha256:<hex>",
+// byte-bounded: the reconciler validates from it and the module server serves the node caches
+// from it (moduleserver.Server). A module it dropped is pulled again.
+type ModuleStore interface {
 	Put(digest string, module []byte) error
+	Get(digest string) ([]byte, bool)
 }
 
 // FilterDeploymentReconciler turns FilterDeployments into workload annotations and
@@ -79,7 +82,7 @@ type FilterDeploymentReconciler struct {
 	Recorder  events.EventRecorder
 	Images    ImageSource
 	Validate  Validator
-	Modules   ModuleSink
+	Modules   ModuleStore
 	// ResolveInterval is how often a tag is resolved again, so a re-pushed tag rolls out.
 	ResolveInterval time.Duration
 	// CacheReportDelay gathers node cache reports: the passes (and status writes) they cause

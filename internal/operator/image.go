@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/validation"
 )
 
 // reconcileImage resolves the image to a digest, pulls it once per digest, validates the module
@@ -54,12 +56,13 @@ func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *was
 		rootID = img.RootIDs[0]
 	}
 	if err := r.validate(ctx, img, rootID, cfg.Value); err != nil {
-		return res, stalling(wasmev1.ImageFailedReason, fmt.Errorf("module of %s rejected: %w", ref, err))
-	}
-	if r.Modules != nil {
-		if err := r.Modules.Put(img.ModuleDigest, img.Module); err != nil {
-			return res, fmt.Errorf("handing the module to the node cache source: %w", err)
+		var le *validation.LimitError
+		if errors.As(err, &le) && le.Transient() {
+			// Out of time may be the machine's load: try again later, not at once (a hostile
+			// module costs a validation budget each time).
+			return res, waiting(wasmev1.ImageFailedReason, r.ResolveInterval, fmt.Errorf("module of %s rejected: %w", ref, err))
 		}
+		return res, stalling(wasmev1.ImageFailedReason, fmt.Errorf("module of %s rejected: %w", ref, err))
 	}
 	fd.Status.ImageDigest = img.ManifestDigest
 	fd.Status.ModuleDigest = img.ModuleDigest
@@ -86,10 +89,16 @@ func (r *FilterDeploymentReconciler) resolve(ctx context.Context, fd *wasmev1.Fi
 	return d, nil
 }
 
-// fetch pulls the image pinned to digest, once per digest.
+// fetch pulls the image pinned to digest, once per digest, into the module store; the image
+// cache keeps what the image says (digests, root ids), the store its module's bytes. A module
+// the store has dropped is pulled again.
 func (r *FilterDeploymentReconciler) fetch(ctx context.Context, ref, digest string, opts PullOptions) (*Image, error) {
 	if img, ok := r.images.get(digest); ok {
-		return img, nil
+		if module, ok := r.Modules.Get(img.ModuleDigest); ok {
+			with := *img
+			with.Module = module
+			return &with, nil
+		}
 	}
 	// Concurrent passes of FilterDeployments sharing an image pull it once.
 	v, err, _ := r.images.pulls.Do(digest, func() (any, error) {
@@ -100,7 +109,12 @@ func (r *FilterDeploymentReconciler) fetch(ctx context.Context, ref, digest stri
 		if img.ManifestDigest != digest {
 			return nil, fmt.Errorf("registry returned manifest %s for %s", img.ManifestDigest, digest)
 		}
-		r.images.put(digest, img)
+		if err := r.Modules.Put(img.ModuleDigest, img.Module); err != nil {
+			return nil, fmt.Errorf("keeping the module: %w", err)
+		}
+		meta := *img
+		meta.Module = nil
+		r.images.put(digest, &meta)
 		return img, nil
 	})
 	if err != nil {
@@ -123,7 +137,10 @@ func (r *FilterDeploymentReconciler) validate(ctx context.Context, img *Image, r
 	// module would otherwise each compile it (make bench: peak RSS doubled).
 	_, err, _ := r.images.checksInFlight.Do(key, func() (any, error) {
 		err := r.Validate(ctx, img.Module, rootID, config)
-		r.images.setValidated(key, err)
+		var le *validation.LimitError
+		if !errors.As(err, &le) || !le.Transient() {
+			r.images.setValidated(key, err)
+		}
 		return nil, err
 	})
 	return err
@@ -166,8 +183,9 @@ func (r *FilterDeploymentReconciler) pullOptions(ctx context.Context, fd *wasmev
 	return opts, nil
 }
 
-// imageCache remembers pulled images by manifest digest, validation results, and tag
-// resolutions, so steady-state passes neither pull nor run modules again.
+// imageCache remembers pulled images by manifest digest (without their module bytes, which
+// the module store holds), validation results, and tag resolutions, so steady-state passes
+// neither pull nor run modules again.
 type imageCache struct {
 	pulls          singleflight.Group
 	checksInFlight singleflight.Group

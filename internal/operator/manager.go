@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -22,6 +23,7 @@ import (
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/moduleserver"
+	"wasme.io/wasme/internal/validation"
 )
 
 // Options configure a running operator.
@@ -40,9 +42,22 @@ type Options struct {
 	// CacheReportDelay gathers node cache reports into one pass per FilterDeployment; zero
 	// means one second, negative turns it off.
 	CacheReportDelay time.Duration
-	// Images and Validate default to RegistryImages{} and ValidateModule.
-	Images   ImageSource
+	// Images defaults to RegistryImages{}.
+	Images ImageSource
+	// Validate defaults to a validation child process per module (internal/validation), run
+	// from ValidatorExecutable with the Validation limits. Tests may pass their own.
 	Validate Validator
+	// ValidatorExecutable is the wasme binary the validation children run. Empty means this
+	// process's own executable.
+	ValidatorExecutable string
+	// Validation bounds each validation: time, address space, guest memory.
+	Validation validation.Limits
+	// ModuleStoreBytes bounds the module bytes the operator holds (the one store of the
+	// reconciler and the module server). Zero means moduleserver.DefaultMaxStoreBytes.
+	ModuleStoreBytes int64
+	// MaxModuleBytes is the largest module the module server accepts. Zero means
+	// moduleserver.DefaultMaxModuleBytes; the registry pull's own limit is in Images.
+	MaxModuleBytes int64
 	// SkipNameValidation allows several operators in one process (tests, the local harness).
 	SkipNameValidation bool
 	// Scheme must hold the wasme, Istio networking and built-in types.
@@ -55,10 +70,24 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	if o.Images == nil {
 		o.Images = RegistryImages{}
 	}
-	if o.Validate == nil {
-		o.Validate = ValidateModule
-	}
 	ctrl.SetLogger(o.Log)
+	if o.Validate == nil {
+		runner, err := validation.NewRunner(o.ValidatorExecutable, o.Validation, slog.New(logr.ToSlogHandler(o.Log.WithName("validation"))))
+		if err != nil {
+			return err
+		}
+		o.Validate = func(ctx context.Context, module []byte, rootID string, config []byte) error {
+			err := runner.Validate(ctx, module, rootID, config)
+			if _, limit := err.(*validation.LimitError); err != nil && !limit {
+				return fmt.Errorf("the filter refused to start: %w", err)
+			}
+			return err
+		}
+	}
+	if o.ModuleStoreBytes == 0 {
+		o.ModuleStoreBytes = moduleserver.DefaultMaxStoreBytes
+	}
+	store := moduleserver.NewStore(o.ModuleStoreBytes)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  o.Scheme,
 		Logger:                  o.Log,
@@ -92,11 +121,13 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		CacheReportDelay: cmp.Or(o.CacheReportDelay, time.Second),
 	}
 	ms, err := moduleserver.New(moduleserver.Options{
-		Client:        mgr.GetClient(),
-		Authenticator: moduleserver.NewTokenReviewAuthenticator(mgr.GetClient(), time.Minute),
-		AllowedUsers:  o.CacheUsers,
-		Addr:          o.ModuleAddr,
-		Log:           o.Log.WithName("moduleserver"),
+		Client:         mgr.GetClient(),
+		Authenticator:  moduleserver.NewTokenReviewAuthenticator(mgr.GetClient(), time.Minute),
+		AllowedUsers:   o.CacheUsers,
+		Addr:           o.ModuleAddr,
+		Store:          store,
+		MaxModuleBytes: o.MaxModuleBytes,
+		Log:            o.Log.WithName("moduleserver"),
 		Fetch: func(ctx context.Context, fd *wasmev1.FilterDeployment) ([]byte, error) {
 			opts, err := r.pullOptions(ctx, fd)
 			if err != nil {

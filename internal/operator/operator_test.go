@@ -34,6 +34,7 @@ import (
 	"wasme.io/wasme/internal/testing/testenv"
 	"wasme.io/wasme/internal/testing/tools"
 	"wasme.io/wasme/internal/testing/wasmbuild"
+	"wasme.io/wasme/internal/validation"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -64,6 +65,8 @@ type cluster struct {
 	ctx context.Context
 	c   client.Client
 	reg *registry.Registry
+	// validation bounds the validation children of the operators it starts.
+	validation validation.Limits
 }
 
 func setup(t *testing.T, istiodImage string) *cluster {
@@ -75,15 +78,22 @@ type setupOptions struct {
 	resolveInterval time.Duration
 	// noOperator leaves starting operators to the test.
 	noOperator bool
+	// validation bounds the operator's validation children.
+	validation validation.Limits
 }
 
 // setupWith starts the world with options.
 func setupWith(t *testing.T, o setupOptions) *cluster {
 	istiodImage := o.istiod
 	t.Helper()
+	if o.validation.Timeout == 0 {
+		// Not what these tests are about: on a loaded machine, compiling a Go filter alone can
+		// take most of the production default of 10 s.
+		o.validation.Timeout = time.Minute
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	cl := &cluster{t: t, ctx: ctx, c: env.Client, reg: registry.StartT(t, registry.Options{TLS: true})}
+	cl := &cluster{t: t, ctx: ctx, c: env.Client, reg: registry.StartT(t, registry.Options{TLS: true}), validation: o.validation}
 	if err := env.ApplyFile(ctx, filepath.Join(tools.RepoRoot(), "deploy", "wasme.yaml")); err != nil {
 		t.Fatal(err)
 	}
@@ -127,6 +137,7 @@ func (cl *cluster) startOperator(ctx context.Context, resolveInterval time.Durat
 			MetricsAddr: "0", ProbeAddr: "0", ModuleAddr: "127.0.0.1:0",
 			ResolveInterval:    resolveInterval,
 			Images:             operator.RegistryImages{Options: imgOpts},
+			Validation:         cl.validation,
 			Scheme:             env.Scheme,
 			SkipNameValidation: true,
 			Log:                zap.New(zap.WriteTo(testWriter{cl.t}), zap.UseDevMode(true)),

@@ -2,9 +2,7 @@ package operator
 
 import (
 	"context"
-	"fmt"
 
-	"wasme.io/wasme/internal/wasmhost"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -45,16 +43,4 @@ func (s RegistryImages) Fetch(ctx context.Context, ref string, o PullOptions) (*
 		Module:         img.Module,
 		RootIDs:        img.Config.RootIDs,
 	}, nil
-}
-
-// ValidateModule is the operator's Validator: the module's format and proxy-wasm ABI
-// (wasmimage), then the filter itself, started and configured in wasme's proxy-wasm host.
-func ValidateModule(ctx context.Context, module []byte, rootID string, config []byte) error {
-	if _, err := wasmimage.ValidateModule(ctx, module); err != nil {
-		return err
-	}
-	if err := wasmhost.Validate(ctx, module, rootID, config); err != nil {
-		return fmt.Errorf("the filter refused to start: %w", err)
-	}
-	return nil
 }

@@ -34,7 +34,7 @@ const Verb = "validate-module"
 // Defaults for the zero values of Limits.
 const (
 	DefaultTimeout      = 10 * time.Second
-	DefaultAddressSpace = 512 << 20
+	DefaultAddressSpace = 384 << 20
 	DefaultGuestMemory  = wasmhost.DefaultMemoryLimit
 	DefaultConcurrency  = 2
 )
@@ -91,7 +91,8 @@ type Result struct {
 	Limit string
 	// Duration is the wall-clock time of the child, from start to exit.
 	Duration time.Duration
-	// MaxRSS is the child's peak resident set size.
+	// MaxRSS is the child's peak resident set size: as it reported it, or for a child that died
+	// without a verdict its rusage, which is at least the operator's own peak (see verdict).
 	MaxRSS uint64
 }
 
@@ -112,9 +113,29 @@ func NewRunner(exe string, limits Limits, log *slog.Logger) (*Runner, error) {
 }
 
 // Validate runs one validation in a child and returns its verdict as an error (nil: passed).
+// A module that broke a limit gets a *LimitError; others the filter's or the host's own
+// refusal.
 func (r *Runner) Validate(ctx context.Context, module []byte, rootID string, config []byte) error {
-	return r.Run(ctx, module, rootID, config).Err
+	res := r.Run(ctx, module, rootID, config)
+	if res.Err != nil && res.Limit != "" {
+		return &LimitError{Limit: res.Limit, Err: res.Err}
+	}
+	return res.Err
 }
+
+// LimitError is a validation stopped because the module broke a limit.
+type LimitError struct {
+	// Limit is "time", "cpu", "memory", or a host limit of wasmhost ("shared data (16 MiB per VM)").
+	Limit string
+	Err   error
+}
+
+func (e *LimitError) Error() string { return e.Err.Error() }
+func (e *LimitError) Unwrap() error { return e.Err }
+
+// Transient says the verdict may differ on another try: time and CPU depend on the machine's
+// load, not only on the module.
+func (e *LimitError) Transient() bool { return e.Limit == "time" || e.Limit == "cpu" }
 
 // request is the header line the child reads before the module bytes.
 type request struct {
@@ -131,6 +152,9 @@ type verdict struct {
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
 	Limit string `json:"limit,omitempty"`
+	// PeakRSS is the child's VmHWM when it answers. The rusage of a child started with
+	// vfork, as Go's exec does, reports the parent's peak when it is higher.
+	PeakRSS uint64 `json:"peakRSS,omitempty"`
 }
 
 // maxVerdictBytes bounds what is read of the child's stdout and kept of its stderr.
@@ -185,6 +209,9 @@ func (r *Runner) run(ctx context.Context, module []byte, rootID string, config [
 	line, _, _ := bytes.Cut(stdout.Bytes(), []byte("\n"))
 	var v verdict
 	if json.Unmarshal(line, &v) == nil && (v.OK || v.Error != "") {
+		if v.PeakRSS > 0 {
+			res.MaxRSS = v.PeakRSS
+		}
 		if !v.OK {
 			res.Err, res.Limit = errors.New(v.Error), v.Limit
 		}
@@ -278,6 +305,7 @@ func Child(stdin io.Reader, stdout io.Writer) int {
 }
 
 func answer(w io.Writer, v verdict) int {
+	v.PeakRSS, _ = procStatus("VmHWM:")
 	b, _ := json.Marshal(v)
 	if _, err := w.Write(append(b, '\n')); err != nil {
 		return 2
@@ -312,7 +340,7 @@ func limitSelf(l Limits, moduleSize int) error {
 	if err := syscall.Setrlimit(syscall.RLIMIT_CPU, &syscall.Rlimit{Cur: cpu, Max: cpu}); err != nil {
 		return fmt.Errorf("RLIMIT_CPU: %w", err)
 	}
-	vm, err := vmSize()
+	vm, err := procStatus("VmSize:")
 	if err != nil {
 		return err
 	}
@@ -343,22 +371,23 @@ func closeInheritedFiles() {
 	}
 }
 
-// vmSize is this process's mapped address space (VmSize of /proc/self/status).
-func vmSize() (uint64, error) {
+// procStatus returns a size field of /proc/self/status ("VmSize:" the mapped address space,
+// "VmHWM:" the peak resident set) in bytes.
+func procStatus(field string) (uint64, error) {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmSize:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			kib, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("parsing VmSize %q: %w", rest, err)
+				return 0, fmt.Errorf("parsing %s %q: %w", field, rest, err)
 			}
 			return kib << 10, nil
 		}
 	}
-	return 0, errors.New("no VmSize in /proc/self/status")
+	return 0, fmt.Errorf("no %s in /proc/self/status", field)
 }
 
 // capped keeps the first max bytes of what is written.
@@ -388,4 +417,14 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+// ServeChildIfAsked runs Child and exits when this process was started as a validation child
+// (os.Args[1] is Verb). Programs that run the operator in-process besides the wasme binary
+// (test binaries, the local cluster, the benchmark) call it first in main or TestMain, since
+// the operator starts its own executable for each validation.
+func ServeChildIfAsked() {
+	if len(os.Args) > 1 && os.Args[1] == Verb {
+		os.Exit(Child(os.Stdin, os.Stdout))
+	}
 }

@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"wasme.io/wasme/internal/testing/wasmbuild"
 	"wasme.io/wasme/internal/validation"
-	"wasme.io/wasme/internal/wasmhost/wasmtest"
 )
 
 // TestMain makes this test binary the validation child when started with the verb, as the
@@ -34,17 +34,17 @@ func TestChild(t *testing.T) {
 		wantLimit string // "" and wantErr "": accepted
 		wantErr   string
 	}{
-		{name: "minimal filter", module: wasmtest.Minimal()},
-		{name: "no memory, trapping tick", module: wasmtest.NoMemoryTickTrap(), wantErr: `exports no memory named "memory"`},
-		{name: "no memory, host call", module: wasmtest.NoMemoryHostCall(), wantErr: `exports no memory named "memory"`},
-		{name: "start section loops", module: wasmtest.StartLoop(), limits: validation.Limits{Timeout: 2 * time.Second},
+		{name: "minimal filter", module: wasmbuild.Minimal()},
+		{name: "no memory, trapping tick", module: wasmbuild.NoMemoryTickTrap(), wantErr: `exports no memory named "memory"`},
+		{name: "no memory, host call", module: wasmbuild.NoMemoryHostCall(), wantErr: `exports no memory named "memory"`},
+		{name: "start section loops", module: wasmbuild.StartLoop(), limits: validation.Limits{Timeout: 2 * time.Second},
 			wantLimit: "time", wantErr: "2s"},
-		{name: "shared data flood", module: wasmtest.SharedDataFlood(1024, 1024),
+		{name: "shared data flood", module: wasmbuild.SharedDataFlood(1024, 1024),
 			wantLimit: "shared data (16 MiB per VM)", wantErr: "exceeded the host limit on shared data"},
-		{name: "huge table", module: wasmtest.HugeTable(1 << 27),
+		{name: "huge table", module: wasmbuild.HugeTable(1 << 27),
 			wantLimit: "table size (1048576 entries)", wantErr: "table 0 declares 134217728 entries"},
 		// The guest memory cap lifted: the address-space limit of the child stops it.
-		{name: "memory hog past the address-space limit", module: wasmtest.MemoryHog(16000),
+		{name: "memory hog past the address-space limit", module: wasmbuild.MemoryHog(16000),
 			limits:    validation.Limits{AddressSpace: 128 << 20, GuestMemory: 4 << 30},
 			wantLimit: "memory", wantErr: "validation memory limit of 128 MiB"},
 	}
@@ -115,7 +115,7 @@ func TestChildEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := r.Run(context.Background(), wasmtest.Minimal(), "", nil)
+	res := r.Run(context.Background(), wasmbuild.Minimal(), "", nil)
 	if res.Err == nil || !strings.Contains(res.Err.Error(), "without a verdict") {
 		t.Fatalf("a child that answers nothing: %v", res.Err)
 	}

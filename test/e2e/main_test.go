@@ -19,6 +19,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"wasme.io/wasme/internal/validation"
 
 	"wasme.io/wasme/internal/testing/localcluster"
 	"wasme.io/wasme/internal/testing/wasmbuild"
@@ -34,6 +35,7 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	validation.ServeChildIfAsked() // the operator's validation children are this binary
 	flag.Parse()
 	if testing.Short() {
 		fmt.Println("e2e: skipped in -short mode (it starts kube-apiserver, etcd, istiod and a registry)")

@@ -13,12 +13,14 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"wasme.io/wasme/internal/validation"
 
 	"wasme.io/wasme/bench"
 	"wasme.io/wasme/internal/testing/tools"
 )
 
 func main() {
+	validation.ServeChildIfAsked() // the in-process operator's validation children
 	quick := flag.Bool("quick", false, "run every row at a tiny size (what make test does)")
 	rows := flag.String("rows", "", "comma-separated row numbers to run (default: all)")
 	out := flag.String("out", filepath.Join(tools.RepoRoot(), "bench", "results", "latest.json"), `JSON output file; "" writes none`)

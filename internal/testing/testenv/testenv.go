@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"wasme.io/wasme/internal/validation"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -162,6 +163,8 @@ func Main(m *testing.M, env **Env) int { return MainWith(m, env, Options{}) }
 
 // MainWith is Main with options.
 func MainWith(m *testing.M, env **Env, o Options) int {
+	// Operators started by the tests validate modules in children of this binary.
+	validation.ServeChildIfAsked()
 	e, err := StartWith(o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testenv:", err)
