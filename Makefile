@@ -8,7 +8,8 @@ export WASME_TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/wasme-tools
 TOOL = $(shell hack/tools/build.sh $(1))
 
 VERSION ?= dev
-LDFLAGS := -X wasme.io/wasme/internal/cli.Version=$(VERSION)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X wasme.io/wasme/internal/cli.Version=$(VERSION) -X wasme.io/wasme/internal/cli.Commit=$(COMMIT)
 GO_TEST_FLAGS ?=
 
 .PHONY: all
@@ -33,10 +34,11 @@ generate: ## Generate deepcopy code for the API types.
 	$(call TOOL,controller-gen) object:headerFile=hack/boilerplate.go.txt paths=./api/...
 
 .PHONY: build-installer
-build-installer: manifests ## Render deploy/crds.yaml and deploy/wasme.yaml, the two install files.
+build-installer: manifests ## Render deploy/crds.yaml and deploy/wasme.yaml, and the generated parts of charts/wasme.
 	@mkdir -p deploy
 	$(call TOOL,kustomize) build config/crd > deploy/crds.yaml.tmp && mv deploy/crds.yaml.tmp deploy/crds.yaml
 	$(call TOOL,kustomize) build config/default > deploy/wasme.yaml.tmp && mv deploy/wasme.yaml.tmp deploy/wasme.yaml
+	go run ./hack/chartgen
 
 .PHONY: fmt
 fmt: ## Run gofmt on the code.
@@ -69,11 +71,12 @@ build: ## Build bin/wasme.
 	go build -ldflags "$(LDFLAGS)" -o bin/wasme ./cmd/wasme
 
 .PHONY: test
-test: ## Run every test against a real kube-apiserver and etcd (test/e2e also against a real istiod).
+test: ## Run every test against a real kube-apiserver and etcd (test/e2e also against a real istiod; test/chart runs helm lint and helm template).
 	@hack/prereqs.sh test
 	@assets=$$(hack/tools/build.sh --assets) && istiod=$$(hack/tools/build.sh istiod) && registry=$$(hack/tools/build.sh registry) && \
-	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry" && \
-	  export KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry && \
+	  helm=$$(hack/tools/build.sh helm) && \
+	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm" && \
+	  export KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm && \
 	  go test $(GO_TEST_FLAGS) ./... && \
 	  cd test/interop/istio && go test $(GO_TEST_FLAGS) ./...
 

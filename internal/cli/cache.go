@@ -10,9 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
-	"go.uber.org/zap/zapcore"
 	"k8s.io/apimachinery/pkg/api/resource"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/kube"
@@ -30,7 +28,7 @@ type cacheOptions struct {
 	maxSize       string
 	maxModuleSize string
 	kubeconfig    string
-	logLevel      string
+	log           logFlags
 }
 
 func newCacheCmd(s streams) *cobra.Command {
@@ -54,16 +52,16 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
 			if err != nil {
 				return err
 			}
-			level, err := zapcore.ParseLevel(o.logLevel)
+			log, err := o.log.logger(s.errOut)
 			if err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+				return err
 			}
 			cfg, err := kube.Config(o.kubeconfig)
 			if err != nil {
 				return err
 			}
 			opts.Config = cfg
-			opts.Log = zap.New(zap.WriteTo(s.errOut), zap.Level(level)).WithValues("node", opts.NodeName)
+			opts.Log = log.WithValues("node", opts.NodeName)
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 			opts.Registry = reg
@@ -85,7 +83,7 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
 	f.StringVar(&o.maxSize, "max-size", "0", `cap on the directory's size, such as 2Gi; unused modules are evicted first, modules in use never; "0" means no cap`)
 	f.StringVar(&o.maxModuleSize, "max-module-size", "256Mi", "largest module accepted")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; default: in-cluster config, then $KUBECONFIG, then ~/.kube/config")
-	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	o.log.bind(f)
 	return cmd
 }
 

@@ -7,8 +7,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"go.uber.org/zap/zapcore"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"wasme.io/wasme/internal/kube"
 	"wasme.io/wasme/internal/moduleserver"
@@ -27,11 +25,11 @@ type operatorOptions struct {
 	resolveInterval         time.Duration
 	cacheReportDelay        time.Duration
 	caFile                  string
-	maxModuleSize           int64
-	moduleStoreSize         int64
+	maxModuleSize           string
+	moduleStoreSize         string
 	validationTimeout       time.Duration
-	validationMemory        int64
-	logLevel                string
+	validationMemory        string
+	log                     logFlags
 }
 
 // maxModuleSizeCeiling is the largest --max-module-size: the module store must hold a few.
@@ -51,9 +49,31 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
   wasme operator --kubeconfig ~/.kube/config --module-bind-address 127.0.0.1:9980`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			level, err := zapcore.ParseLevel(o.logLevel)
+			log, err := o.log.logger(s.errOut)
 			if err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+				return err
+			}
+			maxModule, err := parseSize("--max-module-size", o.maxModuleSize)
+			if err != nil {
+				return err
+			}
+			storeSize, err := parseSize("--module-store-size", o.moduleStoreSize)
+			if err != nil {
+				return err
+			}
+			validationMemory, err := parseSize("--validation-memory", o.validationMemory)
+			if err != nil {
+				return err
+			}
+			switch {
+			case maxModule <= 0 || maxModule > maxModuleSizeCeiling:
+				return fmt.Errorf("--max-module-size %s: must be more than 0 and at most 256Mi", o.maxModuleSize)
+			case storeSize < maxModule:
+				return fmt.Errorf("--module-store-size %s must hold at least one module of --max-module-size %s", o.moduleStoreSize, o.maxModuleSize)
+			case o.validationTimeout <= 0:
+				return errors.New("--validation-timeout must be positive")
+			case validationMemory < 64<<20:
+				return errors.New("--validation-memory must be at least 64Mi")
 			}
 			cfg, err := kube.Config(o.kubeconfig)
 			if err != nil {
@@ -63,17 +83,7 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 			if err != nil {
 				return err
 			}
-			switch {
-			case o.maxModuleSize <= 0 || o.maxModuleSize > maxModuleSizeCeiling:
-				return fmt.Errorf("--max-module-size must be between 1 and %d bytes (256 MiB), not %d", maxModuleSizeCeiling, o.maxModuleSize)
-			case o.moduleStoreSize < o.maxModuleSize:
-				return fmt.Errorf("--module-store-size (%d) must hold at least one module of --max-module-size (%d)", o.moduleStoreSize, o.maxModuleSize)
-			case o.validationTimeout <= 0:
-				return errors.New("--validation-timeout must be positive")
-			case o.validationMemory < 64<<20:
-				return errors.New("--validation-memory must be at least 64 MiB")
-			}
-			imgOpts := []wasmimage.Option{wasmimage.WithMaxModuleSize(o.maxModuleSize)}
+			imgOpts := []wasmimage.Option{wasmimage.WithMaxModuleSize(maxModule)}
 			if o.caFile != "" {
 				imgOpts = append(imgOpts, wasmimage.WithCAFile(o.caFile))
 			}
@@ -86,14 +96,14 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 				LeaderElection: o.leaderElect, LeaderElectionNamespace: ns,
 				CacheUsers: o.cacheUsers, ResolveInterval: o.resolveInterval, CacheReportDelay: o.cacheReportDelay,
 				Images:           operator.RegistryImages{Options: imgOpts},
-				MaxModuleBytes:   o.maxModuleSize,
-				ModuleStoreBytes: o.moduleStoreSize,
+				MaxModuleBytes:   maxModule,
+				ModuleStoreBytes: storeSize,
 				Validation: validation.Limits{
 					Timeout:      o.validationTimeout,
-					AddressSpace: uint64(o.validationMemory),
+					AddressSpace: uint64(validationMemory),
 				},
 				Scheme: scheme,
-				Log:    zap.New(zap.WriteTo(s.errOut), zap.Level(level)),
+				Log:    log,
 			})
 		},
 	}
@@ -108,10 +118,10 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 	f.DurationVar(&o.resolveInterval, "resolve-interval", 5*time.Minute, "how often image tags are resolved again, so a re-pushed tag rolls out")
 	f.DurationVar(&o.cacheReportDelay, "cache-report-delay", time.Second, "node cache reports within this time cause one pass (and status write) per FilterDeployment; negative: one pass per report")
 	f.StringVar(&o.caFile, "registry-ca-file", "", "PEM file of extra CAs trusted for registries")
-	f.Int64Var(&o.maxModuleSize, "max-module-size", moduleserver.DefaultMaxModuleBytes, "largest module accepted, in bytes (at most 256 MiB)")
-	f.Int64Var(&o.moduleStoreSize, "module-store-size", moduleserver.DefaultMaxStoreBytes, "bytes of modules the operator keeps in memory for validation and the node caches")
+	f.StringVar(&o.maxModuleSize, "max-module-size", quantity(moduleserver.DefaultMaxModuleBytes), "largest module accepted, a quantity such as 64Mi (at most 256Mi)")
+	f.StringVar(&o.moduleStoreSize, "module-store-size", quantity(moduleserver.DefaultMaxStoreBytes), "modules the operator keeps in memory for validation and the node caches, a quantity such as 1Gi")
 	f.DurationVar(&o.validationTimeout, "validation-timeout", validation.DefaultTimeout, "wall-clock budget of one module validation (a child process)")
-	f.Int64Var(&o.validationMemory, "validation-memory", validation.DefaultAddressSpace, "address space one validation child may map beyond its start, in bytes")
-	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.validationMemory, "validation-memory", quantity(validation.DefaultAddressSpace), "address space one validation child may map beyond its start, a quantity such as 2Gi")
+	o.log.bind(f)
 	return cmd
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 
 	"wasme.io/wasme/pkg/wasmimage"
@@ -23,7 +24,7 @@ type registryFlags struct {
 	plainHTTP          bool
 	insecure           bool
 	caFile             string
-	maxSize            int64
+	maxSize            string
 }
 
 func (f *registryFlags) bind(cmd *cobra.Command) {
@@ -35,7 +36,7 @@ func (f *registryFlags) bind(cmd *cobra.Command) {
 	fl.BoolVar(&f.plainHTTP, "plain-http", false, "talk plain HTTP to the registry")
 	fl.BoolVar(&f.insecure, "insecure", false, "skip TLS certificate verification")
 	fl.StringVar(&f.caFile, "ca-file", "", "PEM file with CA certificates to trust for the registry")
-	fl.Int64Var(&f.maxSize, "max-size", wasmimage.DefaultMaxModuleSize, "largest module accepted, in bytes")
+	fl.StringVar(&f.maxSize, "max-size", resource.NewQuantity(wasmimage.DefaultMaxModuleSize, resource.BinarySI).String(), "largest module accepted, a quantity such as 64Mi")
 }
 
 func defaultCredentialsFile() string {
@@ -74,11 +75,18 @@ func (f *registryFlags) options() ([]wasmimage.Option, error) {
 	if (f.username == "") != (f.password == "") && f.username != "" {
 		return nil, errors.New("--username needs --password (or --password-stdin)")
 	}
+	maxSize, err := parseSize("--max-size", f.maxSize)
+	if err != nil {
+		return nil, err
+	}
+	if maxSize == 0 {
+		return nil, errors.New("--max-size must be more than 0")
+	}
 	opts := []wasmimage.Option{
 		wasmimage.WithPlainHTTP(f.plainHTTP),
 		wasmimage.WithInsecureSkipVerify(f.insecure),
 		wasmimage.WithCAFile(f.caFile),
-		wasmimage.WithMaxModuleSize(f.maxSize),
+		wasmimage.WithMaxModuleSize(maxSize),
 		wasmimage.WithUserAgent("wasme/" + Version),
 	}
 	if f.username != "" {

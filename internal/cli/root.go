@@ -9,9 +9,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
+	"github.com/go-logr/logr"
 	"github.com/spf13/cobra"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // streams are where a command reads and writes; tests replace them.
@@ -27,6 +30,14 @@ func NewRootCmd(s streams) *cobra.Command {
 		Short:         "Build, ship and deploy WebAssembly filters for Envoy on Kubernetes",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// controller-runtime's clients log through a global logger that, never set, prints a
+		// stack trace after 30 s; the daemons set theirs (with --log-level/--log-format), the
+		// other commands report through their errors.
+		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+			if n := cmd.Name(); n != "operator" && n != "cache" {
+				ctrllog.SetLogger(logr.Discard())
+			}
+		},
 	}
 	root.SetOut(s.out)
 	root.SetErr(s.errOut)
@@ -52,13 +63,25 @@ func Execute() int {
 // executeArgs runs one command line and returns its exit code; tests call it as a user would.
 func executeArgs(ctx context.Context, s streams, in io.Reader, args []string) int {
 	if err := run(ctx, s, in, args); err != nil {
-		fmt.Fprintln(s.errOut, "Error:", err)
+		fmt.Fprintln(s.errOut, "Error:", oneLine(err.Error()))
 		if errors.Is(err, context.Canceled) {
 			return 130
 		}
 		return 1
 	}
 	return 0
+}
+
+// oneLine joins a multi-line error (a tool's output, a wrapped log tail) into one line, so
+// every failure is one line on stderr.
+func oneLine(msg string) string {
+	var parts []string
+	for _, l := range strings.Split(msg, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // Run runs one command line with the given output streams and returns its error; for tests

@@ -25,6 +25,8 @@ const (
 	// RegistryEnv names the OCI registry binary (hack/tools/build.sh registry: the CNCF
 	// distribution registry).
 	RegistryEnv = "WASME_TEST_REGISTRY"
+	// HelmEnv names the helm binary (hack/tools/build.sh helm).
+	HelmEnv = "WASME_HELM"
 )
 
 // RepoRoot is the root of this repository (the directory holding the main go.mod).
@@ -72,6 +74,9 @@ func FromEnv(progress io.Writer, env, tool string) (string, error) {
 
 // Registry is the pinned distribution registry binary ($WASME_TEST_REGISTRY or a build).
 func Registry(progress io.Writer) (string, error) { return FromEnv(progress, RegistryEnv, "registry") }
+
+// Helm is the pinned helm binary ($WASME_HELM or a build).
+func Helm(progress io.Writer) (string, error) { return FromEnv(progress, HelmEnv, "helm") }
 
 // Istiod is the pinned pilot-discovery binary ($WASME_ISTIOD or a build).
 func Istiod(progress io.Writer) (string, error) { return FromEnv(progress, IstiodEnv, "istiod") }
