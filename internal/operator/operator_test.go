@@ -335,6 +335,10 @@ func TestSeedWalkthrough(t *testing.T) {
 		if a[operator.UserVolumeAnnotation] != operator.UserVolume || a[operator.UserVolumeMountAnnotation] != operator.UserVolumeMount {
 			t.Errorf("%s template annotations: %v", name, a)
 		}
+		// The sidecar must not be able to write into the node's module directory.
+		if want := `[{"mountPath":"/var/local/lib/wasme-cache","name":"cache-dir","readOnly":true}]`; a[operator.UserVolumeMountAnnotation] != want {
+			t.Errorf("%s mount annotation %q, want the read-only %q", name, a[operator.UserVolumeMountAnnotation], want)
+		}
 		if d.Generation != 2 {
 			t.Errorf("%s: generation %d, want 2 (one pod template change)", name, d.Generation)
 		}

@@ -30,13 +30,15 @@ import (
 	"wasme.io/wasme/internal/istio"
 )
 
-// The sidecar annotations that mount the node cache into Envoy, exactly as the original wrote
-// them when the workload had none of its own.
+// The sidecar annotations that mount the node cache into Envoy, as the original wrote them when
+// the workload had none of its own, except that the mount is read-only: a sidecar (which
+// workload annotations can make run as uid 0) must not be able to write into the hostPath
+// that every pod of the node loads modules from.
 const (
 	UserVolumeAnnotation      = "sidecar.istio.io/userVolume"
 	UserVolumeMountAnnotation = "sidecar.istio.io/userVolumeMount"
 	UserVolume                = `[{"name":"cache-dir","hostPath":{"path":"/var/local/lib/wasme-cache"}}]`
-	UserVolumeMount           = `[{"mountPath":"/var/local/lib/wasme-cache","name":"cache-dir"}]`
+	UserVolumeMount           = `[{"mountPath":"/var/local/lib/wasme-cache","name":"cache-dir","readOnly":true}]`
 
 	// OriginalAnnotation, on a workload's own metadata (so writing it rolls nothing), records
 	// the user's values of the two sidecar annotations before wasme merged its volume in, as a
