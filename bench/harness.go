@@ -154,6 +154,18 @@ func (e *env) serviceAccount(ctx context.Context, ns, name string) (*rest.Config
 	return cfg, token, nil
 }
 
+// nodeCacheConfig is the config of the node cache on node: a token bound to a pod there, as
+// the kubelet mounts it (the NodeCache admission policy requires it), unthrottled as in the
+// cluster.
+func (e *env) nodeCacheConfig(ctx context.Context, node string) (*rest.Config, error) {
+	cfg, err := e.kube.NodeCacheConfig(ctx, "wasme", node)
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS = -1
+	return cfg, nil
+}
+
 func (e *env) ensureNamespace(ctx context.Context, name string) error {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
 	if err := e.admin.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -231,8 +243,12 @@ func (e *env) startNodes(ctx context.Context, n int) error {
 		if err != nil {
 			return err
 		}
+		cacheCfg, err := e.nodeCacheConfig(ctx, name)
+		if err != nil {
+			return err
+		}
 		nc, err := components.StartNodeCache(ctx, components.NodeCacheOptions{
-			NodeName: name, Dir: dir, Config: e.cacheCfg, Source: countingSource{src, &e.nodeBytes},
+			NodeName: name, Dir: dir, Config: cacheCfg, Source: countingSource{src, &e.nodeBytes},
 		})
 		if err != nil {
 			return err

@@ -308,7 +308,11 @@ func serveRows(ctx context.Context, e *env, cfg Config, dir string) ([]Row, []st
 	}
 
 	kc := filepath.Join(work, "cache.kubeconfig")
-	if err := testenv.WriteKubeconfig(e.cacheCfg, kc, ""); err != nil {
+	serveCfg, err := e.nodeCacheConfig(ctx, "bench-serve")
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := testenv.WriteKubeconfig(serveCfg, kc, ""); err != nil {
 		return nil, nil, err
 	}
 	addr, err := proc.FreeAddr()

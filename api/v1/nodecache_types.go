@@ -48,6 +48,14 @@ type NodeCacheStatus struct {
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 
+	// heartbeatTime is when the daemon last renewed its report (every --heartbeat-interval,
+	// 20s by default, by the daemon's clock). The operator counts a node cache as ready only
+	// while Ready is True and heartbeatTime is less than its --cache-heartbeat-grace (60s by
+	// default) old, so a daemon killed without stopping, or a lost node whose Node object
+	// remains, stops holding up rollouts after the grace period.
+	// +optional
+	HeartbeatTime *metav1.Time `json:"heartbeatTime,omitempty"`
+
 	// modules lists every module the node holds or is fetching.
 	// +optional
 	// +listType=map
@@ -56,13 +64,15 @@ type NodeCacheStatus struct {
 }
 
 // NodeCache reports which Wasm modules one node's cache holds. It is named after the node,
-// written only by that node's wasme-cache daemon, and read by the operator, which waits until
+// written only by that node's wasme-cache daemon (an admission policy installed with the CRD
+// refuses a wasme-cache token bound to another node), and read by the operator, which waits until
 // every ready node holds a FilterDeployment's module before wiring it into Envoy.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,categories=wasme
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Heartbeat",type=date,JSONPath=`.status.heartbeatTime`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type NodeCache struct {
 	metav1.TypeMeta `json:",inline"`

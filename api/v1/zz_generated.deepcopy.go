@@ -313,6 +313,10 @@ func (in *NodeCacheStatus) DeepCopyInto(out *NodeCacheStatus) {
 			(*in)[i].DeepCopyInto(&(*out)[i])
 		}
 	}
+	if in.HeartbeatTime != nil {
+		in, out := &in.HeartbeatTime, &out.HeartbeatTime
+		*out = (*in).DeepCopy()
+	}
 	if in.Modules != nil {
 		in, out := &in.Modules, &out.Modules
 		*out = make([]NodeCacheModule, len(*in))

@@ -39,6 +39,12 @@ const (
 	DefaultMaxModuleBytes = 256 << 20
 	DefaultMinRetry       = 250 * time.Millisecond
 	DefaultMaxRetry       = 30 * time.Second
+	// DefaultHeartbeatInterval is how often the daemon renews status.heartbeatTime; the
+	// operator's default grace period (60s) lets two renewals fail before the node stops
+	// counting.
+	DefaultHeartbeatInterval = 20 * time.Second
+	// DefaultVerifyInterval is how often every module on disk is hashed again.
+	DefaultVerifyInterval = 10 * time.Minute
 )
 
 // Options configure a Daemon. Dir, NodeName, Config and Source are required.
@@ -66,6 +72,14 @@ type Options struct {
 	// MinRetry and MaxRetry bound the exponential backoff between failed fetches of one
 	// module and between failed reports. Zero means DefaultMinRetry and DefaultMaxRetry.
 	MinRetry, MaxRetry time.Duration
+	// HeartbeatInterval is how often status.heartbeatTime is renewed, so the operator can tell
+	// a live daemon from one that died without reporting Ready=False. Zero means
+	// DefaultHeartbeatInterval.
+	HeartbeatInterval time.Duration
+	// VerifyInterval is how often every module file is hashed again; one whose bytes no longer
+	// hash to its name is removed (and fetched again if needed). The directory is verified at
+	// every start too, before the first report. Zero means DefaultVerifyInterval.
+	VerifyInterval time.Duration
 	// Registry receives the daemon's metrics and is what /metrics serves. Nil means a new one.
 	Registry *prometheus.Registry
 	// Log is the daemon's logger.
@@ -125,8 +139,9 @@ func New(opts Options) (*Daemon, error) {
 		return nil, errors.New("a Kubernetes client configuration is required")
 	case opts.Source == nil:
 		return nil, errors.New("a module source is required")
-	case opts.MaxBytes < 0 || opts.MaxModuleBytes < 0 || opts.MinRetry < 0 || opts.MaxRetry < 0:
-		return nil, errors.New("size limits and retry intervals must not be negative")
+	case opts.MaxBytes < 0 || opts.MaxModuleBytes < 0 || opts.MinRetry < 0 || opts.MaxRetry < 0 ||
+		opts.HeartbeatInterval < 0 || opts.VerifyInterval < 0:
+		return nil, errors.New("size limits and intervals must not be negative")
 	}
 	if errs := validation.IsDNS1123Subdomain(opts.NodeName); len(errs) > 0 {
 		return nil, fmt.Errorf("node name %q is not a valid object name: %v", opts.NodeName, errs)
@@ -145,6 +160,12 @@ func New(opts Options) (*Daemon, error) {
 	}
 	if opts.MaxRetry == 0 {
 		opts.MaxRetry = DefaultMaxRetry
+	}
+	if opts.HeartbeatInterval == 0 {
+		opts.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if opts.VerifyInterval == 0 {
+		opts.VerifyInterval = DefaultVerifyInterval
 	}
 	if opts.MaxRetry < opts.MinRetry {
 		return nil, fmt.Errorf("the maximum retry interval %s is shorter than the minimum %s", opts.MaxRetry, opts.MinRetry)
@@ -243,6 +264,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer stopWork()
 	reportDone := make(chan struct{})
 	go func() { defer close(reportDone); d.reportLoop(workCtx) }()
+	verifyDone := make(chan struct{})
+	go func() { defer close(verifyDone); d.verifyLoop(workCtx) }()
 
 	nextGC := d.sync(workCtx)
 	d.setReady(metav1.ConditionTrue, "Serving", "serving the cache directory on "+ln.Addr().String())
@@ -273,6 +296,7 @@ loop:
 	stopWork()
 	d.workersWG.Wait()
 	<-reportDone
+	<-verifyDone
 	// The final report runs on its own deadline: ctx is already done.
 	finalCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -643,4 +667,53 @@ func (d *Daemon) setReady(status metav1.ConditionStatus, reason, msg string) {
 	d.readyCond.Type = wasmev1.ReadyCondition
 	d.readyCond.Status, d.readyCond.Reason, d.readyCond.Message = status, reason, msg
 	d.kick(d.reportKick)
+}
+
+// verifyLoop hashes every module file again every VerifyInterval. The sidecars mount the
+// directory read-only, but anything else on the node with write access to the hostPath could
+// still change a file under a module's name; Envoy would then load bytes nobody validated.
+func (d *Daemon) verifyLoop(ctx context.Context) {
+	t := time.NewTicker(d.opts.VerifyInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if n := d.verify(ctx); n > 0 {
+			// Needed modules that were removed are fetched again by the next sync.
+			d.kick(d.syncKick)
+		}
+	}
+}
+
+// verify hashes every held module and removes those whose bytes do not hash to their name (or
+// that are gone or unreadable), returning how many it removed.
+func (d *Daemon) verify(ctx context.Context) int {
+	removed := 0
+	for _, f := range d.store.List() {
+		if ctx.Err() != nil {
+			return removed
+		}
+		ok, err := d.store.Verify(f.hex)
+		if ok {
+			continue
+		}
+		reason := "its bytes no longer hash to its name"
+		if err != nil {
+			reason = err.Error()
+		}
+		d.mu.Lock()
+		if _, held := d.store.Has(f.hex); held && d.removeLocked(f.hex, reasonCorrupt) {
+			removed++
+			d.opts.Log.Info("removed a module that failed re-verification", "digest", "sha256:"+f.hex, "reason", reason)
+		}
+		d.metrics.setTotals(d.store)
+		d.mu.Unlock()
+	}
+	if removed > 0 {
+		d.kick(d.reportKick)
+	}
+	return removed
 }

@@ -31,18 +31,24 @@ func (d *Daemon) snapshot() wasmev1.NodeCacheStatus {
 	return st
 }
 
-// reportLoop writes the status whenever it changed, retrying failed writes with backoff until
-// ctx ends; reports coalesce, so a burst of changes costs one write.
+// reportLoop writes the status whenever it changed, and at least every HeartbeatInterval with
+// a new heartbeatTime, retrying failed writes with backoff until ctx ends; reports coalesce,
+// so a burst of changes costs one write.
 func (d *Daemon) reportLoop(ctx context.Context) {
 	var last *wasmev1.NodeCacheStatus
+	heartbeat := time.NewTicker(d.opts.HeartbeatInterval)
+	defer heartbeat.Stop()
 	for attempt := 0; ; {
+		renew := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-d.reportKick:
+		case <-heartbeat.C:
+			renew = true
 		}
 		st := d.snapshot()
-		if st.Conditions == nil || (last != nil && equality.Semantic.DeepEqual(*last, st)) {
+		if st.Conditions == nil || (!renew && last != nil && equality.Semantic.DeepEqual(*last, st)) {
 			continue
 		}
 		if err := d.apply(ctx, st); err != nil {
@@ -64,6 +70,8 @@ func (d *Daemon) reportLoop(ctx context.Context) {
 		}
 		attempt = 0
 		last = &st
+		// Any write renews the heartbeat; the next renewal is due an interval from now.
+		heartbeat.Reset(d.opts.HeartbeatInterval)
 	}
 }
 
@@ -74,7 +82,7 @@ func (d *Daemon) apply(ctx context.Context, st wasmev1.NodeCacheStatus) error {
 		return err
 	}
 	status := d.newNodeCache()
-	status.Object["status"] = statusObject(st)
+	status.Object["status"] = statusObject(st, time.Now())
 	if err := d.client.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(status),
 		client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying the status of NodeCache %s: %w", d.opts.NodeName, err)
@@ -110,7 +118,8 @@ func (d *Daemon) newNodeCache() *unstructured.Unstructured {
 
 // statusObject builds the applied status by hand: an apply owns exactly the fields it sends,
 // so it must not carry the zero values a struct conversion would add.
-func statusObject(st wasmev1.NodeCacheStatus) map[string]any {
+// Every report carries heartbeatTime, the time of the write.
+func statusObject(st wasmev1.NodeCacheStatus, heartbeat time.Time) map[string]any {
 	conds := []any{}
 	for _, c := range st.Conditions {
 		conds = append(conds, map[string]any{
@@ -132,5 +141,5 @@ func statusObject(st wasmev1.NodeCacheStatus) map[string]any {
 		}
 		modules = append(modules, e)
 	}
-	return map[string]any{"conditions": conds, "modules": modules}
+	return map[string]any{"conditions": conds, "modules": modules, "heartbeatTime": heartbeat.UTC().Format(time.RFC3339)}
 }

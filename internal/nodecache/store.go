@@ -250,3 +250,21 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// Verify hashes a held module's file again. It returns false, with the error if one occurred,
+// when the file is gone, unreadable, of another size than written, or does not hash to its
+// name; true for a held module that is intact.
+func (s *Store) Verify(hexDigest string) (bool, error) {
+	size, ok := s.Has(hexDigest)
+	if !ok {
+		return true, nil // removed meanwhile: nothing to verify
+	}
+	n, match, err := verifyFile(filepath.Join(s.dir, hexDigest), hexDigest)
+	if err != nil {
+		return false, err
+	}
+	if n != size {
+		return false, fmt.Errorf("its size changed from %d to %d bytes", size, n)
+	}
+	return match, nil
+}

@@ -89,6 +89,9 @@ type FilterDeploymentReconciler struct {
 	// come at most once per delay for each FilterDeployment, however many nodes report at once.
 	// Zero means every report causes its own pass.
 	CacheReportDelay time.Duration
+	// CacheHeartbeatGrace is how long a node cache may go without renewing its heartbeat and
+	// still count; zero means DefaultCacheHeartbeatGrace (see cache.go).
+	CacheHeartbeatGrace time.Duration
 
 	images *imageCache
 
@@ -120,7 +123,8 @@ func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&appsv1.Deployment{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&appsv1.DaemonSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&appsv1.StatefulSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
-		Watches(&wasmev1.NodeCache{}, coalesced(r.filterDeploymentsWaitingForCache, r.CacheReportDelay)).
+		Watches(&wasmev1.NodeCache{}, coalesced(r.filterDeploymentsWaitingForCache, r.CacheReportDelay),
+			builder.WithPredicates(nodeCachePredicate{grace: r.cacheGrace})).
 		Named("filterdeployment").
 		// Failures back off from a quarter second to two minutes at most (not the default 16
 		// minutes), so a registry or API outage heals soon after it ends.

@@ -42,6 +42,9 @@ type Options struct {
 	// CacheReportDelay gathers node cache reports into one pass per FilterDeployment; zero
 	// means one second, negative turns it off.
 	CacheReportDelay time.Duration
+	// CacheHeartbeatGrace is how long a node cache may be silent and still count as ready;
+	// zero means DefaultCacheHeartbeatGrace.
+	CacheHeartbeatGrace time.Duration
 	// Images defaults to RegistryImages{}.
 	Images ImageSource
 	// Validate defaults to a validation child process per module (internal/validation), run
@@ -112,13 +115,14 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
 	r := &FilterDeploymentReconciler{
-		Client:           mgr.GetClient(),
-		APIReader:        mgr.GetAPIReader(),
-		Recorder:         mgr.GetEventRecorder(wasmev1.OperatorFieldManager),
-		Images:           o.Images,
-		Validate:         o.Validate,
-		ResolveInterval:  o.ResolveInterval,
-		CacheReportDelay: cmp.Or(o.CacheReportDelay, time.Second),
+		Client:              mgr.GetClient(),
+		APIReader:           mgr.GetAPIReader(),
+		Recorder:            mgr.GetEventRecorder(wasmev1.OperatorFieldManager),
+		Images:              o.Images,
+		Validate:            o.Validate,
+		ResolveInterval:     o.ResolveInterval,
+		CacheReportDelay:    cmp.Or(o.CacheReportDelay, time.Second),
+		CacheHeartbeatGrace: o.CacheHeartbeatGrace,
 	}
 	ms, err := moduleserver.New(moduleserver.Options{
 		Client:         mgr.GetClient(),

@@ -206,6 +206,9 @@ func (cl *cluster) reportNode(name string, digests ...string) {
 		}
 	}
 	nc.Status.Conditions = []metav1.Condition{{Type: wasmev1.ReadyCondition, Status: metav1.ConditionTrue, Reason: "Serving", LastTransitionTime: metav1.Now()}}
+	// A live report: the operator counts a node cache only while its heartbeat is fresh.
+	now := metav1.Now()
+	nc.Status.HeartbeatTime = &now
 	nc.Status.Modules = nil
 	for _, d := range digests {
 		nc.Status.Modules = append(nc.Status.Modules, wasmev1.NodeCacheModule{Digest: d, State: wasmev1.ModuleReady, LastTransitionTime: metav1.Now()})

@@ -79,6 +79,8 @@ func TestDeployAndUndeployIstio(t *testing.T) {
 	}
 	nc.Status.Conditions = []metav1.Condition{{Type: wasmev1.ReadyCondition, Status: metav1.ConditionTrue, Reason: "Serving", LastTransitionTime: metav1.Now()}}
 	nc.Status.Modules = []wasmev1.NodeCacheModule{{Digest: fmt.Sprintf("sha256:%x", sha256.Sum256(module)), State: wasmev1.ModuleReady}}
+	heartbeat := metav1.Now()
+	nc.Status.HeartbeatTime = &heartbeat
 	if err := c.Status().Update(ctx, nc); err != nil {
 		t.Fatal(err)
 	}

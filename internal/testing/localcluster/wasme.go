@@ -44,7 +44,7 @@ func (c *Cluster) StartWasme(ctx context.Context, o WasmeOptions) error {
 		}
 	})
 
-	cacheCfg, token, err := c.Env.ServiceAccountConfig(ctx, "wasme", "wasme-cache")
+	_, token, err := c.Env.ServiceAccountConfig(ctx, "wasme", "wasme-cache")
 	if err != nil {
 		return err
 	}
@@ -53,6 +53,11 @@ func (c *Cluster) StartWasme(ctx context.Context, o WasmeOptions) error {
 		return err
 	}
 	for _, n := range c.Nodes {
+		// As the kubelet mounts it: a token bound to a pod on this node.
+		cacheCfg, err := c.Env.NodeCacheConfig(ctx, "wasme", n.Name)
+		if err != nil {
+			return err
+		}
 		nc, err := components.StartNodeCache(ctx, components.NodeCacheOptions{
 			NodeName: n.Name, Dir: n.CacheDir, Config: cacheCfg,
 			OperatorURL: "http://" + op.ModuleAddr, TokenFile: tokenFile,

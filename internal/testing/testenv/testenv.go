@@ -155,6 +155,64 @@ func (e *Env) ServiceAccountConfig(ctx context.Context, ns, name string) (*rest.
 	return cfg, tr.Status.Token, nil
 }
 
+// PodBoundToken returns a token of ServiceAccount ns/name bound to a pod on node, as the
+// kubelet projects it into a DaemonSet's pod: the API server puts the pod's node into the
+// token (user extra authentication.kubernetes.io/node-name), which admission policies can
+// check. The pod (ns/<name>-<node>, created if missing) never runs, since envtest has no
+// kubelet; it only anchors the binding. audience empty means the API server's own; ttl is at
+// least ten minutes (the API server's minimum for bound tokens).
+func (e *Env) PodBoundToken(ctx context.Context, ns, name, node, audience string, ttl time.Duration) (string, error) {
+	cs, err := kubernetes.NewForConfig(e.Config)
+	if err != nil {
+		return "", err
+	}
+	podName := name + "-" + node
+	pod, err := cs.CoreV1().Pods(ns).Get(ctx, podName, metav1.GetOptions{})
+	if err != nil {
+		pod, err = cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: podName},
+			Spec: corev1.PodSpec{
+				ServiceAccountName: name, NodeName: node,
+				Containers: []corev1.Container{{Name: "main", Image: "registry.example.com/none:v1"}},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return "", fmt.Errorf("creating pod %s/%s to bind a token to: %w", ns, podName, err)
+		}
+	}
+	exp := int64(max(ttl, 10*time.Minute) / time.Second)
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{
+		ExpirationSeconds: &exp,
+		BoundObjectRef:    &authenticationv1.BoundObjectReference{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID},
+	}}
+	if audience != "" {
+		req.Spec.Audiences = []string{audience}
+	}
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, req, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("pod-bound token for %s/%s on node %s: %w", ns, name, node, err)
+	}
+	return tr.Status.Token, nil
+}
+
+// NodeCacheConfig is the config of the node cache on node: ServiceAccount ns/wasme-cache's
+// token bound to a pod on that node, as the kubelet mounts it. The NodeCache admission policy
+// lets a wasme-cache token write only the NodeCache of the node it is bound to.
+func (e *Env) NodeCacheConfig(ctx context.Context, ns, node string) (*rest.Config, error) {
+	token, err := e.PodBoundToken(ctx, ns, "wasme-cache", node, "", 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	return e.TokenConfig(token), nil
+}
+
+// TokenConfig returns a rest.Config that authenticates with token alone.
+func (e *Env) TokenConfig(token string) *rest.Config {
+	cfg := rest.AnonymousClientConfig(e.Config)
+	cfg.BearerToken = token
+	return cfg
+}
+
 // Stop stops the API server and etcd.
 func (e *Env) Stop() error { return e.env.Stop() }
 
