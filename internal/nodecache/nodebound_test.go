@@ -68,7 +68,9 @@ func TestNodeCacheWritesOnlyItsOwnNode(t *testing.T) {
 	if err := env.Client.Create(ctx, &wasmev1.NodeCache{ObjectMeta: metav1.ObjectMeta{Name: nodeB}}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), &wasmev1.NodeCache{ObjectMeta: metav1.ObjectMeta{Name: nodeB}}) })
+	t.Cleanup(func() {
+		_ = env.Client.Delete(context.Background(), &wasmev1.NodeCache{ObjectMeta: metav1.ObjectMeta{Name: nodeB}})
+	})
 
 	tokenA, err := env.PodBoundToken(ctx, ns, "wasme-cache", nodeA, "", time.Hour)
 	if err != nil {
