@@ -67,6 +67,8 @@ type cluster struct {
 	reg *registry.Registry
 	// validation bounds the validation children of the operators it starts.
 	validation validation.Limits
+	// cacheGrace is the operator's node cache heartbeat grace; zero means its default.
+	cacheGrace time.Duration
 }
 
 func setup(t *testing.T, istiodImage string) *cluster {
@@ -80,6 +82,8 @@ type setupOptions struct {
 	noOperator bool
 	// validation bounds the operator's validation children.
 	validation validation.Limits
+	// cacheGrace is the operator's node cache heartbeat grace; zero means its default.
+	cacheGrace time.Duration
 }
 
 // setupWith starts the world with options.
@@ -93,7 +97,7 @@ func setupWith(t *testing.T, o setupOptions) *cluster {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	cl := &cluster{t: t, ctx: ctx, c: env.Client, reg: registry.StartT(t, registry.Options{TLS: true}), validation: o.validation}
+	cl := &cluster{t: t, ctx: ctx, c: env.Client, reg: registry.StartT(t, registry.Options{TLS: true}), validation: o.validation, cacheGrace: o.cacheGrace}
 	if err := env.ApplyFile(ctx, filepath.Join(tools.RepoRoot(), "deploy", "wasme.yaml")); err != nil {
 		t.Fatal(err)
 	}
@@ -135,12 +139,13 @@ func (cl *cluster) startOperator(ctx context.Context, resolveInterval time.Durat
 	go func() {
 		done <- operator.Run(ctx, cfg, operator.Options{
 			MetricsAddr: "0", ProbeAddr: "0", ModuleAddr: "127.0.0.1:0",
-			ResolveInterval:    resolveInterval,
-			Images:             operator.RegistryImages{Options: imgOpts},
-			Validation:         cl.validation,
-			Scheme:             env.Scheme,
-			SkipNameValidation: true,
-			Log:                zap.New(zap.WriteTo(testWriter{cl.t}), zap.UseDevMode(true)),
+			ResolveInterval:     resolveInterval,
+			Images:              operator.RegistryImages{Options: imgOpts},
+			Validation:          cl.validation,
+			CacheHeartbeatGrace: cl.cacheGrace,
+			Scheme:              env.Scheme,
+			SkipNameValidation:  true,
+			Log:                 zap.New(zap.WriteTo(testWriter{cl.t}), zap.UseDevMode(true)),
 		})
 	}()
 	return func() {
