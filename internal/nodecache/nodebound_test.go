@@ -16,14 +16,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	wasmev1 "wasme.io/wasme/api/v1"
-	"wasme.io/wasme/internal/testenv"
+	"wasme.io/wasme/internal/testing/tools"
 )
 
 // grantCacheRole gives ServiceAccount ns/wasme-cache the node cache's shipped ClusterRole.
 func grantCacheRole(t *testing.T, ns string) {
 	t.Helper()
 	ctx := context.Background()
-	if err := env.ApplyFile(ctx, filepath.Join(testenv.RepoRoot(), "config", "rbac", "cache", "role.yaml")); err != nil {
+	if err := env.ApplyFile(ctx, filepath.Join(tools.RepoRoot(), "config", "rbac", "cache", "role.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	crb := &rbacv1.ClusterRoleBinding{
