@@ -55,37 +55,15 @@ func TestSilentNodeCacheStopsCounting(t *testing.T) {
 		return fd.Status.ModuleDigest != "", fmt.Sprintf("%+v", fd.Status)
 	})
 
-	// silent-1 holds the module; silent-2 is alive (renewing) but still fetching; silent-3
-	// said Ready long ago and then went quiet.
-	cl.reportNodeAt("silent-1", time.Now(), fd.Status.ModuleDigest)
+	// silent-2 is alive (renewing) but still fetching; silent-1 is alive and holds the module;
+	// silent-3 said Ready long ago and then went quiet. silent-2 reports first, so the
+	// rollout cannot complete before it counts.
 	cl.reportNodeAt("silent-3", time.Now().Add(-10*time.Minute))
-	var mu sync.Mutex
-	lastRenewal := time.Now()
-	stopRenewing := make(chan struct{})
-	renewDone := make(chan struct{})
-	cl.reportNodeAt("silent-2", lastRenewal)
-	go func() {
-		defer close(renewDone)
-		for {
-			select {
-			case <-stopRenewing:
-				return
-			case <-time.After(500 * time.Millisecond):
-			}
-			now := time.Now()
-			nc := &wasmev1.NodeCache{}
-			if err := cl.c.Get(cl.ctx, client.ObjectKey{Name: "silent-2"}, nc); err != nil {
-				continue
-			}
-			hb := metav1.NewTime(now)
-			nc.Status.HeartbeatTime = &hb
-			if cl.c.Status().Update(cl.ctx, nc) == nil {
-				mu.Lock()
-				lastRenewal = now
-				mu.Unlock()
-			}
-		}
-	}()
+	cl.reportNodeAt("silent-2", time.Now())
+	stop2 := cl.renewHeartbeat("silent-2")
+	cl.reportNodeAt("silent-1", time.Now(), fd.Status.ModuleDigest)
+	stop1 := cl.renewHeartbeat("silent-1")
+	t.Cleanup(func() { stop1() })
 
 	cl.eventually("a rollout waiting for the live node and not the silent one", func() (bool, string) {
 		fd = cl.fd(ns, "silent")
@@ -95,11 +73,7 @@ func TestSilentNodeCacheStopsCounting(t *testing.T) {
 	})
 
 	// silent-2 dies without a word: after the grace period it no longer holds the rollout.
-	close(stopRenewing)
-	<-renewDone
-	mu.Lock()
-	died := lastRenewal
-	mu.Unlock()
+	died := stop2()
 	var readyAt time.Time
 	cl.eventually("Ready without the silent nodes", func() (bool, string) {
 		fd = cl.fd(ns, "silent")
@@ -110,5 +84,42 @@ func TestSilentNodeCacheStopsCounting(t *testing.T) {
 	// Heartbeats are stored to the second, so the node may stop counting up to a second early.
 	if waited := readyAt.Sub(died); waited < grace-time.Second {
 		t.Errorf("Ready %s after the last heartbeat, before the %s grace period", waited, grace)
+	}
+}
+
+// renewHeartbeat renews a reported node's heartbeat every half second, as a live daemon does,
+// until the returned stop is called; stop returns the time of the last renewal.
+func (cl *cluster) renewHeartbeat(name string) (stop func() time.Time) {
+	var mu sync.Mutex
+	last := time.Now()
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			now := time.Now()
+			nc := &wasmev1.NodeCache{}
+			if err := cl.c.Get(cl.ctx, client.ObjectKey{Name: name}, nc); err != nil {
+				continue
+			}
+			hb := metav1.NewTime(now)
+			nc.Status.HeartbeatTime = &hb
+			if cl.c.Status().Update(cl.ctx, nc) == nil {
+				mu.Lock()
+				last = now
+				mu.Unlock()
+			}
+		}
+	}()
+	var once sync.Once
+	return func() time.Time {
+		once.Do(func() { close(quit); <-done })
+		mu.Lock()
+		defer mu.Unlock()
+		return last
 	}
 }
