@@ -157,3 +157,25 @@ func MemoryHog(pages int32) []byte {
 	m.Export("proxy_on_configure", m.Func(i32x2, i32x1, 0, body...))
 	return m.Bytes()
 }
+
+// SharedDataFloodOnRequest starts fine and floods shared data (count values of valueKiB KiB)
+// in proxy_on_request_headers: a host serving traffic must refuse the request, not grow.
+func SharedDataFloodOnRequest(count int32, valueKiB int32) []byte {
+	m := &Module{}
+	set := m.Import("env", "proxy_set_shared_data", i32x5, i32x1)
+	abi(m)
+	pages := uint32(valueKiB/64 + 2)
+	m.Memory(pages, int64(pages), "memory")
+	const i = 3 // first local after the three parameters
+	body := Cat(
+		[]byte{OpLoop, BlockEmpty},
+		I32c(0), Local(OpLocalGet, i), []byte{OpI32Store, 2, 0},
+		I32c(0), I32c(4), I32c(65536), I32c(valueKiB<<10), I32c(0), Call(set), []byte{OpDrop},
+		Local(OpLocalGet, i), I32c(1), []byte{OpI32Add}, Local(OpLocalTee, i), I32c(count), []byte{OpI32LtU, OpBrIf, 0},
+		[]byte{OpEnd},
+		I32c(0), // Continue
+	)
+	m.Export("proxy_on_context_create", m.Func(i32x2, nil, 0))
+	m.Export("proxy_on_request_headers", m.Func(i32x3, i32x1, 1, body...))
+	return m.Bytes()
+}
