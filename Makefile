@@ -34,11 +34,20 @@ generate: ## Generate deepcopy code for the API types.
 	$(call TOOL,controller-gen) object:headerFile=hack/boilerplate.go.txt paths=./api/...
 
 .PHONY: build-installer
-build-installer: manifests ## Render deploy/crds.yaml and deploy/wasme.yaml, and the generated parts of charts/wasme.
+build-installer: manifests $(if $(IMAGE),image) ## Render deploy/crds.yaml and deploy/wasme.yaml; with IMAGE=..., pinned to the pushed digest; the generated parts of charts/wasme.
 	@mkdir -p deploy
 	$(call TOOL,kustomize) build config/crd > deploy/crds.yaml.tmp && mv deploy/crds.yaml.tmp deploy/crds.yaml
+ifeq ($(IMAGE),)
 	$(call TOOL,kustomize) build config/default > deploy/wasme.yaml.tmp && mv deploy/wasme.yaml.tmp deploy/wasme.yaml
 	go run ./hack/chartgen
+else
+	@# An overlay of config/default whose only change is the image, pinned to what make image pushed.
+	rm -rf bin/installer && mkdir -p bin/installer
+	printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../../config/default\n' > bin/installer/kustomization.yaml
+	cd bin/installer && $(call TOOL,kustomize) edit set image wasme=$$(cat ../wasme-image.ref)
+	$(call TOOL,kustomize) build bin/installer > deploy/wasme.yaml.tmp && mv deploy/wasme.yaml.tmp deploy/wasme.yaml
+	@echo ">> deploy/wasme.yaml now runs $$(cat bin/wasme-image.ref)"
+endif
 
 .PHONY: fmt
 fmt: ## Run gofmt on the code.
@@ -69,6 +78,14 @@ tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, registry, h
 .PHONY: build
 build: ## Build bin/wasme.
 	go build -ldflags "$(LDFLAGS)" -o bin/wasme ./cmd/wasme
+
+# make image IMAGE=registry.example.com/team/wasme:v0.1.0 pushes; without IMAGE: bin/wasme-image.
+IMAGE ?=
+PLATFORMS ?= linux/amd64,linux/arm64
+.PHONY: image
+image: ## Build the wasme image (OCI index, PLATFORMS); push to IMAGE, or write the OCI layout bin/wasme-image.
+	@mkdir -p bin
+	go run ./hack/image -platforms $(PLATFORMS) -version $(VERSION) $(if $(IMAGE),-push $(IMAGE)) -ref-file bin/wasme-image.ref
 
 .PHONY: test
 test: ## Run every test against a real kube-apiserver and etcd (test/e2e also against a real istiod; test/chart runs helm lint and helm template).
