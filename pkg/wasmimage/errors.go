@@ -33,7 +33,7 @@ func classify(ref Reference, op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	for _, s := range []error{ErrNotWasm, ErrNotFilter, ErrBadManifest, ErrBadArchive, ErrTooLarge, ErrDigestMismatch, ErrNotFound, ErrUnauthorized, ErrUnreachable} {
+	for _, s := range []error{ErrNotAllowed, ErrNotWasm, ErrNotFilter, ErrBadManifest, ErrBadArchive, ErrTooLarge, ErrDigestMismatch, ErrNotFound, ErrUnauthorized, ErrUnreachable} {
 		if errors.Is(err, s) {
 			return fmt.Errorf("%s %s: %w", op, ref, err)
 		}

@@ -45,6 +45,7 @@ type options struct {
 	minWait       time.Duration
 	transport     http.RoundTripper
 	userAgent     string
+	egress        *EgressPolicy
 	err           error
 }
 
@@ -169,14 +170,25 @@ func WithRetries(n int) Option {
 // TLS options then have no effect.
 func WithTransport(rt http.RoundTripper) Option { return func(o *options) { o.transport = rt } }
 
+// WithEgressPolicy makes every connection (registry, token realm, redirect) pass p when it
+// is dialed; see EgressPolicy. It does not combine with WithTransport.
+func WithEgressPolicy(p *EgressPolicy) Option { return func(o *options) { o.egress = p } }
+
 // WithUserAgent sets the User-Agent sent to registries.
 func WithUserAgent(ua string) Option { return func(o *options) { o.userAgent = ua } }
 
 func (o *options) baseTransport() (http.RoundTripper, error) {
 	if o.transport != nil {
+		if o.egress != nil {
+			return nil, errors.New("an egress policy needs wasme's own transport (WithTransport was given)")
+		}
 		return o.transport, nil
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	if o.egress != nil {
+		t.DialContext = o.egress.DialContext
+		t.Proxy = nil
+	}
 	if o.insecure || len(o.caFiles) > 0 || len(o.caPEMs) > 0 {
 		cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: o.insecure} //nolint:gosec // only when the user asks for it
 		if len(o.caFiles) > 0 || len(o.caPEMs) > 0 {
@@ -204,7 +216,10 @@ func (o *options) baseTransport() (http.RoundTripper, error) {
 	return t, nil
 }
 
-func (o *options) client() (*auth.Client, error) {
+// client makes the auth client for one registry: the static credentials (WithCredentials)
+// go to that registry only, store credentials to the host they are keyed by, and the
+// credential guard keeps both from other hosts (see credentialGuard).
+func (o *options) client(registry string) (*auth.Client, error) {
 	if o.err != nil {
 		return nil, o.err
 	}
@@ -212,7 +227,8 @@ func (o *options) client() (*auth.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt := retry.NewTransport(base)
+	guard := newCredentialGuard(base, o.transport == nil && !o.plainHTTP && !o.insecure)
+	rt := retry.NewTransport(guard)
 	policy := &retry.GenericPolicy{
 		Retryable: retry.DefaultPredicate,
 		Backoff:   retry.DefaultBackoff,
@@ -230,6 +246,10 @@ func (o *options) client() (*auth.Client, error) {
 	static := o.cred
 	c.Credential = func(ctx context.Context, hostport string) (auth.Credential, error) {
 		if static != nil {
+			if canonHost(hostport) != canonHost(registry) {
+				return auth.EmptyCredential, nil
+			}
+			guard.bind(hostport, *static)
 			return *static, nil
 		}
 		addr := credentials.ServerAddressFromHostname(hostport)
@@ -239,6 +259,7 @@ func (o *options) client() (*auth.Client, error) {
 				return auth.EmptyCredential, fmt.Errorf("credentials for %s: %v", hostport, err)
 			}
 			if cred != auth.EmptyCredential {
+				guard.bind(hostport, cred)
 				return cred, nil
 			}
 		}
@@ -248,13 +269,13 @@ func (o *options) client() (*auth.Client, error) {
 }
 
 func (o *options) repository(ref Reference) (*remote.Repository, error) {
-	c, err := o.client()
-	if err != nil {
-		return nil, err
-	}
 	repo, err := remote.NewRepository(ref.orasRepo())
 	if err != nil {
 		return nil, fmt.Errorf("invalid reference %s: %v", ref, err)
+	}
+	c, err := o.client(repo.Reference.Host())
+	if err != nil {
+		return nil, err
 	}
 	repo.Client = c
 	repo.PlainHTTP = o.plainHTTP
@@ -268,13 +289,13 @@ func (o *options) repository(ref Reference) (*remote.Repository, error) {
 // callers that need registry-level calls such as a login check.
 func Registry(host string, opts ...Option) (*remote.Registry, error) {
 	o := newOptions(opts)
-	c, err := o.client()
-	if err != nil {
-		return nil, err
-	}
 	reg, err := remote.NewRegistry(host)
 	if err != nil {
 		return nil, fmt.Errorf("invalid registry %q: %v", host, err)
+	}
+	c, err := o.client(reg.Reference.Host())
+	if err != nil {
+		return nil, err
 	}
 	reg.Client = c
 	reg.PlainHTTP = o.plainHTTP
