@@ -464,7 +464,8 @@ func operatorMemory(ctx context.Context, bin, kubeconfig string, fds int, dir st
 	start := time.Now()
 	p, err := proc.Start("wasme operator", bin, []string{"operator", "--kubeconfig", kubeconfig,
 		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", "0",
-		"--module-bind-address", "127.0.0.1:0", "--resolve-interval", "1h", "--log-level", "error"},
+		"--module-bind-address", "127.0.0.1:0", "--resolve-interval", "1h", "--log-level", "error",
+		"--allowed-registries", "127.0.0.1:*", "--allow-insecure-registries"},
 		filepath.Join(dir, "operator-process.log"), proc.Options{})
 	if err != nil {
 		return memory{}, err

@@ -185,11 +185,13 @@ func (e *env) startOperator(ctx context.Context, resolveInterval time.Duration) 
 	op, err := components.StartOperator(ctx, components.OperatorOptions{
 		Config: cfg, Scheme: e.kube.Scheme,
 		// The same module address across restarts: the node caches keep their source URL.
-		ModuleAddr:         e.moduleAddr,
-		ResolveInterval:    resolveInterval,
-		Images:             operator.RegistryImages{},
-		SkipNameValidation: true,
-		LogPath:            filepath.Join(e.dir, "operator.log"),
+		ModuleAddr:      e.moduleAddr,
+		ResolveInterval: resolveInterval,
+		// The bench registry is on loopback over plain HTTP, which the defaults refuse.
+		Images:                  operator.RegistryImages{Egress: loopbackEgress},
+		AllowInsecureRegistries: true,
+		SkipNameValidation:      true,
+		LogPath:                 filepath.Join(e.dir, "operator.log"),
 	})
 	if err != nil {
 		return err
@@ -369,6 +371,15 @@ func (e *env) createParallel(ctx context.Context, objs []client.Object) error {
 	wg.Wait()
 	return first
 }
+
+// loopbackEgress lets the operator reach the bench registry and its proxy on loopback.
+var loopbackEgress = func() *wasmimage.EgressPolicy {
+	p, err := wasmimage.NewEgressPolicy([]string{"127.0.0.1:*"}, nil)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}()
 
 // filterDeployment is the seed's FilterDeployment shape: every Deployment of the namespace,
 // custom-header with its default header (hello: world!), pulled over plain HTTP from the bench registry.

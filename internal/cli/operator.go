@@ -29,6 +29,9 @@ type operatorOptions struct {
 	moduleStoreSize         string
 	validationTimeout       time.Duration
 	validationMemory        string
+	allowedRegistries       []string
+	clusterCIDRs            []string
+	allowInsecure           bool
 	log                     logFlags
 }
 
@@ -75,6 +78,10 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 			case validationMemory < 64<<20:
 				return errors.New("--validation-memory must be at least 64Mi")
 			}
+			egress, err := wasmimage.NewEgressPolicy(o.allowedRegistries, o.clusterCIDRs)
+			if err != nil {
+				return fmt.Errorf("--allowed-registries or --cluster-cidrs: %w", err)
+			}
 			cfg, err := kube.Config(o.kubeconfig)
 			if err != nil {
 				return err
@@ -95,9 +102,10 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 				MetricsAddr: o.metricsAddr, ProbeAddr: o.probeAddr, ModuleAddr: o.moduleAddr,
 				LeaderElection: o.leaderElect, LeaderElectionNamespace: ns,
 				CacheUsers: o.cacheUsers, ResolveInterval: o.resolveInterval, CacheReportDelay: o.cacheReportDelay,
-				Images:           operator.RegistryImages{Options: imgOpts},
-				MaxModuleBytes:   maxModule,
-				ModuleStoreBytes: storeSize,
+				Images:                  operator.RegistryImages{Options: imgOpts, Egress: egress},
+				AllowInsecureRegistries: o.allowInsecure,
+				MaxModuleBytes:          maxModule,
+				ModuleStoreBytes:        storeSize,
 				Validation: validation.Limits{
 					Timeout:      o.validationTimeout,
 					AddressSpace: uint64(validationMemory),
@@ -122,6 +130,11 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 	f.StringVar(&o.moduleStoreSize, "module-store-size", quantity(moduleserver.DefaultMaxStoreBytes), "modules the operator keeps in memory for validation and the node caches, a quantity such as 1Gi")
 	f.DurationVar(&o.validationTimeout, "validation-timeout", validation.DefaultTimeout, "wall-clock budget of one module validation (a child process)")
 	f.StringVar(&o.validationMemory, "validation-memory", quantity(validation.DefaultAddressSpace), "address space one validation child may map beyond its start, a quantity such as 2Gi")
+	f.StringSliceVar(&o.allowedRegistries, "allowed-registries", []string{"*"},
+		`hosts the operator may pull from, also for token realms and redirects: host globs with an optional ":port" (exact names and IPs may be internal; "*" and other wildcards reach public addresses only) or CIDRs; see docs/security.md`)
+	f.StringSliceVar(&o.clusterCIDRs, "cluster-cidrs", nil, "pod and Service CIDRs of the cluster, refused like private ranges (RFC 1918, CGNAT and ULA already are)")
+	f.BoolVar(&o.allowInsecure, "allow-insecure-registries", false,
+		"allow imagePullOptions.plainHttp and insecureSkipVerify in every namespace (otherwise only in namespaces labelled "+operator.AllowInsecureRegistriesLabel+"=true)")
 	o.log.bind(f)
 	return cmd
 }

@@ -15,6 +15,8 @@ func TestOperatorCommandRefusesBadFlags(t *testing.T) {
 		"log level":          {[]string{"--log-level", "loud"}, "--log-level"},
 		"missing kubeconfig": {[]string{"--kubeconfig", filepath.Join(t.TempDir(), "nope")}, "reading kubeconfig"},
 		"positional":         {[]string{"extra"}, "unknown command"},
+		"registry pattern":   {[]string{"--allowed-registries", "registry.example.com:99999"}, "--allowed-registries"},
+		"cluster CIDR":       {[]string{"--cluster-cidrs", "10.0.0.0"}, "--cluster-cidrs"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

@@ -92,6 +92,9 @@ type FilterDeploymentReconciler struct {
 	// CacheHeartbeatGrace is how long a node cache may go without renewing its heartbeat and
 	// still count; zero means DefaultCacheHeartbeatGrace (see cache.go).
 	CacheHeartbeatGrace time.Duration
+	// AllowInsecureRegistries allows imagePullOptions.plainHttp and insecureSkipVerify in
+	// every namespace, not only in those labelled AllowInsecureRegistriesLabel=true.
+	AllowInsecureRegistries bool
 
 	images *imageCache
 

@@ -86,23 +86,35 @@ func (r *FilterDeploymentReconciler) resolve(ctx context.Context, fd *wasmev1.Fi
 		return "", err
 	}
 	r.images.setResolved(key, d)
+	// The registry just showed these credentials the repository's manifest.
+	r.images.setVerified(repository(ref)+"@"+d, opts.identity())
 	return d, nil
 }
 
-// fetch pulls the image pinned to digest, once per digest, into the module store; the image
-// cache keeps what the image says (digests, root ids), the store its module's bytes. A module
-// the store has dropped is pulled again.
+// fetch pulls the image pinned to digest, once per registry, repository and digest, into the
+// module store; the image cache keeps what the image says (digests, root ids), the store its
+// module's bytes. A module the store has dropped is pulled again. An image pulled with other
+// credentials is handed out only once the registry accepted these ones for the same manifest
+// (a HEAD), so one tenant's private module never reaches another tenant that merely knows its
+// digest; the check is remembered for ResolveInterval.
 func (r *FilterDeploymentReconciler) fetch(ctx context.Context, ref, digest string, opts PullOptions) (*Image, error) {
-	if img, ok := r.images.get(digest); ok {
+	key, id := repository(ref)+"@"+digest, opts.identity()
+	if img, ok := r.images.get(key); ok {
 		if module, ok := r.Modules.Get(img.ModuleDigest); ok {
+			if !r.images.isVerified(key, id, r.ResolveInterval) {
+				if _, err := r.Images.Resolve(ctx, key, opts); err != nil {
+					return nil, err
+				}
+				r.images.setVerified(key, id)
+			}
 			with := *img
 			with.Module = module
 			return &with, nil
 		}
 	}
-	// Concurrent passes of FilterDeployments sharing an image pull it once.
-	v, err, _ := r.images.pulls.Do(digest, func() (any, error) {
-		img, err := r.Images.Fetch(ctx, repository(ref)+"@"+digest, opts)
+	// Concurrent passes of FilterDeployments sharing an image and credentials pull it once.
+	v, err, _ := r.images.pulls.Do(key+"|"+id, func() (any, error) {
+		img, err := r.Images.Fetch(ctx, key, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -114,7 +126,8 @@ func (r *FilterDeploymentReconciler) fetch(ctx context.Context, ref, digest stri
 		}
 		meta := *img
 		meta.Module = nil
-		r.images.put(digest, &meta)
+		r.images.put(key, &meta)
+		r.images.setVerified(key, id)
 		return img, nil
 	})
 	if err != nil {
@@ -162,6 +175,9 @@ func (r *FilterDeploymentReconciler) pullOptions(ctx context.Context, fd *wasmev
 		return PullOptions{}, nil
 	}
 	opts := PullOptions{PlainHTTP: o.PlainHTTP, InsecureSkipVerify: o.InsecureSkipVerify}
+	if err := r.insecureAllowed(ctx, fd.Namespace, o); err != nil {
+		return opts, err
+	}
 	if o.PullSecret == "" {
 		return opts, nil
 	}
@@ -183,7 +199,48 @@ func (r *FilterDeploymentReconciler) pullOptions(ctx context.Context, fd *wasmev
 	return opts, nil
 }
 
-// imageCache remembers pulled images by manifest digest (without their module bytes, which
+// AllowInsecureRegistriesLabel on a namespace (value "true") lets its FilterDeployments use
+// imagePullOptions.plainHttp and insecureSkipVerify. Only who may update namespaces (an admin)
+// can set it; the operator flag --allow-insecure-registries allows them everywhere.
+const AllowInsecureRegistriesLabel = "wasme.io/allow-insecure-registries"
+
+// insecureAllowed refuses plain HTTP and unverified TLS unless an admin allowed them: over
+// either, anyone on the path can serve another module, or rewrite the auth challenge.
+func (r *FilterDeploymentReconciler) insecureAllowed(ctx context.Context, namespace string, o *wasmev1.ImagePullOptions) error {
+	var asked []string
+	if o.PlainHTTP {
+		asked = append(asked, "plainHttp")
+	}
+	if o.InsecureSkipVerify {
+		asked = append(asked, "insecureSkipVerify")
+	}
+	if len(asked) == 0 || r.AllowInsecureRegistries {
+		return nil
+	}
+	var ns corev1.Namespace
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: namespace}, &ns); err != nil {
+		return fmt.Errorf("reading namespace %s for its %s label: %w", namespace, AllowInsecureRegistriesLabel, err)
+	}
+	if ns.Labels[AllowInsecureRegistriesLabel] == "true" {
+		return nil
+	}
+	return fmt.Errorf("imagePullOptions.%s is not allowed in namespace %s: an admin allows it with the namespace label %s=true, or everywhere with the operator flag --allow-insecure-registries",
+		strings.Join(asked, " and "), namespace, AllowInsecureRegistriesLabel)
+}
+
+// identity names the credentials and transport options, so the image cache can tell whose
+// access the registry confirmed without keeping the secrets themselves.
+func (o PullOptions) identity() string {
+	h := sha256.New()
+	for _, b := range [][]byte{o.DockerConfigJSON, []byte(o.Username), []byte(o.Password)} {
+		fmt.Fprintf(h, "%d:", len(b))
+		h.Write(b)
+	}
+	fmt.Fprintf(h, "%t/%t", o.PlainHTTP, o.InsecureSkipVerify)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// imageCache remembers pulled images by registry, repository and manifest digest (without their module bytes, which
 // the module store holds), validation results, and tag resolutions, so steady-state passes
 // neither pull nor run modules again.
 type imageCache struct {
@@ -195,6 +252,8 @@ type imageCache struct {
 	images         map[string]*Image
 	checks         map[string]error
 	resolves       map[string]resolution
+	// verified: image key + "|" + PullOptions.identity() -> when the registry last accepted them.
+	verified map[string]time.Time
 }
 
 type resolution struct {
@@ -203,7 +262,23 @@ type resolution struct {
 }
 
 func newImageCache(max int) *imageCache {
-	return &imageCache{max: max, images: map[string]*Image{}, checks: map[string]error{}, resolves: map[string]resolution{}}
+	return &imageCache{max: max, images: map[string]*Image{}, checks: map[string]error{}, resolves: map[string]resolution{}, verified: map[string]time.Time{}}
+}
+
+func (c *imageCache) isVerified(key, id string, ttl time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.verified[key+"|"+id]
+	return ok && time.Since(at) < ttl
+}
+
+func (c *imageCache) setVerified(key, id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.verified) > 16*c.max {
+		clear(c.verified)
+	}
+	c.verified[key+"|"+id] = time.Now()
 }
 
 func (c *imageCache) get(digest string) (*Image, bool) {

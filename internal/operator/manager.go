@@ -45,7 +45,10 @@ type Options struct {
 	// CacheHeartbeatGrace is how long a node cache may be silent and still count as ready;
 	// zero means DefaultCacheHeartbeatGrace.
 	CacheHeartbeatGrace time.Duration
-	// Images defaults to RegistryImages{}.
+	// AllowInsecureRegistries allows imagePullOptions.plainHttp and insecureSkipVerify in
+	// every namespace (otherwise only in namespaces labelled AllowInsecureRegistriesLabel).
+	AllowInsecureRegistries bool
+	// Images defaults to RegistryImages{} (with the default egress policy).
 	Images ImageSource
 	// Validate defaults to a validation child process per module (internal/validation), run
 	// from ValidatorExecutable with the Validation limits. Tests may pass their own.
@@ -72,6 +75,10 @@ type Options struct {
 func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	if o.Images == nil {
 		o.Images = RegistryImages{}
+	}
+	if ri, ok := o.Images.(RegistryImages); ok && ri.Log.GetSink() == nil {
+		ri.Log = o.Log.WithName("registry")
+		o.Images = ri
 	}
 	ctrl.SetLogger(o.Log)
 	if o.Validate == nil {
@@ -123,6 +130,8 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		ResolveInterval:     o.ResolveInterval,
 		CacheReportDelay:    cmp.Or(o.CacheReportDelay, time.Second),
 		CacheHeartbeatGrace: o.CacheHeartbeatGrace,
+
+		AllowInsecureRegistries: o.AllowInsecureRegistries,
 	}
 	ms, err := moduleserver.New(moduleserver.Options{
 		Client:         mgr.GetClient(),

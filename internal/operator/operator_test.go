@@ -126,8 +126,24 @@ func registryOptions(reg *registry.Registry) []wasmimage.Option {
 	return nil
 }
 
-// startOperator runs an operator as its ServiceAccount until ctx ends or stop is called.
+// startOperator runs an operator as its ServiceAccount until ctx ends or stop is called. It
+// may reach the tests' loopback registries, also over plain HTTP (the default policy refuses
+// both; egress_test.go shows that).
 func (cl *cluster) startOperator(ctx context.Context, resolveInterval time.Duration, imgOpts ...wasmimage.Option) (stop func()) {
+	loopback, err := wasmimage.NewEgressPolicy([]string{"127.0.0.1:*"}, nil)
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	return cl.startOperatorWith(ctx, operator.Options{
+		ResolveInterval:         resolveInterval,
+		Images:                  operator.RegistryImages{Options: imgOpts, Egress: loopback},
+		AllowInsecureRegistries: true,
+	})
+}
+
+// startOperatorWith runs an operator with o (addresses, validation limits, scheme and log
+// filled in).
+func (cl *cluster) startOperatorWith(ctx context.Context, o operator.Options) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	// The operator's ServiceAccount: the shipped RBAC is what it gets, and a missing
 	// permission fails the test.
@@ -135,19 +151,12 @@ func (cl *cluster) startOperator(ctx context.Context, resolveInterval time.Durat
 	if err != nil {
 		cl.t.Fatal(err)
 	}
+	o.MetricsAddr, o.ProbeAddr, o.ModuleAddr = "0", "0", "127.0.0.1:0"
+	o.Validation, o.Scheme, o.SkipNameValidation = cl.validation, env.Scheme, true
+	o.CacheHeartbeatGrace = cl.cacheGrace
+	o.Log = zap.New(zap.WriteTo(testWriter{cl.t}), zap.UseDevMode(true))
 	done := make(chan error, 1)
-	go func() {
-		done <- operator.Run(ctx, cfg, operator.Options{
-			MetricsAddr: "0", ProbeAddr: "0", ModuleAddr: "127.0.0.1:0",
-			ResolveInterval:     resolveInterval,
-			Images:              operator.RegistryImages{Options: imgOpts},
-			Validation:          cl.validation,
-			CacheHeartbeatGrace: cl.cacheGrace,
-			Scheme:              env.Scheme,
-			SkipNameValidation:  true,
-			Log:                 zap.New(zap.WriteTo(testWriter{cl.t}), zap.UseDevMode(true)),
-		})
-	}()
+	go func() { done <- operator.Run(ctx, cfg, o) }()
 	return func() {
 		cancel()
 		if err := <-done; err != nil {

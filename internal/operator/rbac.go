@@ -3,7 +3,8 @@
 package operator
 
 // The operator's permissions; `make manifests` turns these into config/rbac/operator/role.yaml.
-// Secrets are read one by one (get) from the FilterDeployment's namespace, never listed or cached.
+// Secrets are read one by one (get) from the FilterDeployment's namespace, never listed or cached;
+// namespaces only for the admin's wasme.io/allow-insecure-registries label.
 // Workloads are only patched (server-side apply), never updated or created.
 //
 // +kubebuilder:rbac:groups=wasme.io,resources=filterdeployments,verbs=get;list;watch;patch;update
@@ -13,6 +14,7 @@ package operator
 // +kubebuilder:rbac:groups=apps,resources=deployments;daemonsets;statefulsets,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=networking.istio.io,resources=envoyfilters,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete,namespace=wasme

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"testing"
 
-	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -46,8 +46,8 @@ func (l *authLog) String() string {
 
 // realmRegistry puts a proxy in front of a real htpasswd registry whose first answer is a
 // Bearer challenge naming realm (what a hostile or misconfigured registry can do).
-func realmRegistry(t *testing.T, reg *registrytest.Registry, realm func(proxyHost string) string) *registrytest.Proxy {
-	proxy := registrytest.NewProxy(t, reg)
+func realmRegistry(t *testing.T, reg *registry.Registry, realm func(proxyHost string) string) *registry.Proxy {
+	proxy := registry.NewProxy(t, reg)
 	proxy.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
 		if strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
 			r.Header.Del("Authorization") // the registry speaks Basic: let it answer 401
@@ -67,7 +67,7 @@ func realmRegistry(t *testing.T, reg *registrytest.Registry, realm func(proxyHos
 func TestCredentialsStayWithTheirHost(t *testing.T) {
 	ctx := context.Background()
 	users := map[string]string{"alice": "s3cret-pw"}
-	regA := registrytest.Start(t, registrytest.Options{Users: users})
+	regA := registry.StartT(t, registry.Options{Users: users})
 	basic := base64.StdEncoding.EncodeToString([]byte("alice:s3cret-pw"))
 
 	t.Run("realm on another host", func(t *testing.T) {
@@ -92,7 +92,7 @@ func TestCredentialsStayWithTheirHost(t *testing.T) {
 
 	t.Run("realm on the registry's own host", func(t *testing.T) {
 		var own authLog
-		var proxy *registrytest.Proxy
+		var proxy *registry.Proxy
 		proxy = realmRegistry(t, regA, func(h string) string { return "http://" + h + "/token" })
 		fault := func(w http.ResponseWriter, r *http.Request) bool {
 			if r.URL.Path == "/token" {
@@ -112,13 +112,13 @@ func TestCredentialsStayWithTheirHost(t *testing.T) {
 	})
 
 	t.Run("docker config keyed for another registry", func(t *testing.T) {
-		regB := registrytest.Start(t, registrytest.Options{Users: users})
+		regB := registry.StartT(t, registry.Options{Users: users})
 		if _, err := wasmimage.Push(ctx, regB.Host+"/guard/tiny:v1", tiny, wasmimage.RuntimeConfig{}, plain,
 			wasmimage.WithCredentials("alice", "s3cret-pw")); err != nil {
 			t.Fatal(err)
 		}
 		var bLog authLog
-		proxyB := registrytest.NewProxy(t, regB)
+		proxyB := registry.NewProxy(t, regB)
 		proxyB.SetFault(func(_ http.ResponseWriter, r *http.Request) bool { bLog.add(r); return false })
 		cfg := fmt.Sprintf(`{"auths":{%q:{"auth":%q}}}`, regA.Host, basic)
 		_, err := wasmimage.Pull(ctx, proxyB.Host+"/guard/tiny:v1", plain, wasmimage.WithDockerConfigJSON([]byte(cfg)))

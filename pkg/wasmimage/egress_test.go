@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"wasme.io/wasme/internal/registrytest"
+	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/pkg/wasmimage"
 )
 
@@ -122,7 +122,7 @@ func TestEgressPolicyBadPatterns(t *testing.T) {
 // it by IP and by a name that resolves to it (the check is on the dialed address), before a
 // single byte reaches it; an exact pattern allows it.
 func TestEgressPolicyPull(t *testing.T) {
-	reg := registrytest.Start(t, registrytest.Options{})
+	reg := registry.StartT(t, registry.Options{})
 	ctx := context.Background()
 	ref := reg.Host + "/egress/tiny:v1"
 	if _, err := wasmimage.Push(ctx, ref, tiny, wasmimage.RuntimeConfig{}, plain); err != nil {
@@ -150,7 +150,7 @@ func TestEgressPolicyPull(t *testing.T) {
 	var hits atomic.Int32
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { hits.Add(1) }))
 	defer other.Close()
-	proxy := registrytest.NewProxy(t, reg)
+	proxy := registry.NewProxy(t, reg)
 	proxy.SetFault(func(w http.ResponseWriter, r *http.Request) bool {
 		if strings.Contains(r.URL.Path, "/blobs/") {
 			http.Redirect(w, r, other.URL+r.URL.Path, http.StatusTemporaryRedirect)

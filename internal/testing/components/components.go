@@ -37,8 +37,11 @@ type OperatorOptions struct {
 	ModuleAddr string
 	// ResolveInterval is how often tags are resolved again; 0 means an hour.
 	ResolveInterval time.Duration
-	// Images pulls modules (CA, plain HTTP options).
+	// Images pulls modules (CA, plain HTTP options, the egress policy: its default refuses
+	// loopback registries).
 	Images operator.RegistryImages
+	// AllowInsecureRegistries allows plainHttp and insecureSkipVerify in every namespace.
+	AllowInsecureRegistries bool
 	// SkipNameValidation lets several operators start in one process (controller names are
 	// process-global in controller-runtime).
 	SkipNameValidation bool
@@ -79,11 +82,12 @@ func StartOperator(ctx context.Context, o OperatorOptions) (*Operator, error) {
 	go func() {
 		op.done <- operator.Run(runCtx, o.Config, operator.Options{
 			MetricsAddr: "0", ProbeAddr: "0", ModuleAddr: addr,
-			ResolveInterval:    o.ResolveInterval,
-			Images:             o.Images,
-			Scheme:             o.Scheme,
-			SkipNameValidation: o.SkipNameValidation,
-			Log:                log,
+			ResolveInterval:         o.ResolveInterval,
+			Images:                  o.Images,
+			AllowInsecureRegistries: o.AllowInsecureRegistries,
+			Scheme:                  o.Scheme,
+			SkipNameValidation:      o.SkipNameValidation,
+			Log:                     log,
 		})
 	}()
 	deadline := time.Now().Add(time.Minute)

@@ -30,9 +30,15 @@ func (c *Cluster) StartWasme(ctx context.Context, o WasmeOptions) error {
 	if err != nil {
 		return err
 	}
+	// The local registry is on loopback, which the default egress policy refuses: allow
+	// exactly its host, as an admin lists an in-cluster registry.
+	egress, err := wasmimage.NewEgressPolicy([]string{c.Registry.Host}, nil)
+	if err != nil {
+		return err
+	}
 	op, err := components.StartOperator(ctx, components.OperatorOptions{
 		Config: opCfg, Scheme: c.Env.Scheme, ResolveInterval: o.ResolveInterval,
-		Images:  operator.RegistryImages{Options: []wasmimage.Option{wasmimage.WithCAPEM(c.Registry.CAPEM)}},
+		Images:  operator.RegistryImages{Options: []wasmimage.Option{wasmimage.WithCAPEM(c.Registry.CAPEM)}, Egress: egress},
 		LogPath: filepath.Join(c.Dir, "operator.log"),
 	})
 	if err != nil {
