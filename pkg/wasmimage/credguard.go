@@ -19,8 +19,8 @@ import (
 // handed out for. oras-go sends a registry's username and password to the token realm that
 // registry's challenge names, whatever host that is; the guard lets that happen only when
 // the realm is on the registry's own host, or when the challenge is authentic (it came over
-// HTTPS with a verified certificate, and the realm is HTTPS too) — that is how Docker Hub
-// (registry-1.docker.io, realm auth.docker.io) and GitLab work, and the registry that
+// HTTPS with a verified certificate, and the realm is HTTPS too) — that is how registries
+// with a separate token service work (registry.example.com, realm auth.example.com), and the registry that
 // names the realm is the one the credential was given to anyway. The realm host must also
 // pass the egress policy, which the dialer enforces.
 //

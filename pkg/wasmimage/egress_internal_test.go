@@ -77,13 +77,13 @@ func TestEgressDialChecksResolvedAddresses(t *testing.T) {
 
 func TestChallengeRealm(t *testing.T) {
 	for ch, want := range map[string]string{
-		`Bearer realm="https://auth.docker.io/token",service="registry.docker.io"`: "https://auth.docker.io/token",
-		`Bearer service="s", realm="https://a/t"`:                                  "https://a/t",
-		`bearer realm=https://a/t,service=s`:                                       "https://a/t",
-		`Basic realm="x"`:                                                          "",
-		`Bearer service="s"`:                                                       "",
-		`Bearer realm="unterminated`:                                               "",
-		``:                                                                         "",
+		`Bearer realm="https://auth.example.com/token",service="registry.example.com"`: "https://auth.example.com/token",
+		`Bearer service="s", realm="https://a/t"`:                                      "https://a/t",
+		`bearer realm=https://a/t,service=s`:                                           "https://a/t",
+		`Basic realm="x"`:                                                              "",
+		`Bearer service="s"`:                                                           "",
+		`Bearer realm="unterminated`:                                                   "",
+		``:                                                                             "",
 	} {
 		if got := challengeRealm(ch); got != want {
 			t.Errorf("challengeRealm(%q) = %q, want %q", ch, got, want)
