@@ -39,7 +39,7 @@ func TestHostileModules(t *testing.T) {
 	}{
 		{"no-memory-tick-trap", wasmbuild.NoMemoryTickTrap(), `exports no memory named "memory"`},
 		{"no-memory-host-call", wasmbuild.NoMemoryHostCall(), `exports no memory named "memory"`},
-		{"start-loop", wasmbuild.StartLoop(), `did not return within 3s|time budget of 3s`},
+		{"start-loop", wasmbuild.StartLoop(), `did not return within 3s|time budget of 3s|CPU limit of 3s`},
 		{"shared-data-flood", wasmbuild.SharedDataFlood(1024, 1024), `host limit on shared data \(16 MiB per VM\)`},
 		{"queue-flood", wasmbuild.QueueFlood(20000), `host limit on shared queue length \(10000 items\)`},
 		{"huge-table", wasmbuild.HugeTable(1 << 27), `host limit on table size \(1048576 entries\)`},

@@ -135,6 +135,8 @@ func TestDeletionWithoutEnvoyFilterAPI(t *testing.T) {
 	}
 	defer func() { _ = env.Client.Delete(context.Background(), nc) }()
 	nc.Status.Conditions = []metav1.Condition{{Type: wasmev1.ReadyCondition, Status: metav1.ConditionTrue, Reason: "Serving", LastTransitionTime: metav1.Now()}}
+	now := metav1.Now()
+	nc.Status.HeartbeatTime = &now
 	nc.Status.Modules = []wasmev1.NodeCacheModule{{Digest: moduleDigest, State: wasmev1.ModuleReady, LastTransitionTime: metav1.Now()}}
 	if err := env.Client.Status().Update(ctx, nc); err != nil {
 		t.Fatal(err)
