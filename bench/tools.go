@@ -29,11 +29,11 @@ import (
 	"wasme.io/wasme/internal/wasmhost"
 )
 
-// paddedModule is a valid proxy-wasm module of about size bytes: one exported ABI marker
-// function and a custom section of random bytes (random, so nothing on the path can compress
+// paddedModule is a valid proxy-wasm module of about size bytes: wasmbuild.MinimalFilter and a
+// custom section of random bytes (random, so nothing on the path can compress
 // it, and each call gives a new digest, so no registry already holds the blob).
 func paddedModule(size int) []byte {
-	base := wasmbuild.TinyModule("proxy_abi_version_0_2_1")
+	base := wasmbuild.MinimalFilter()
 	const name = "wasme-bench-padding"
 	pad := max(size-len(base)-len(name)-7, 16)
 	payload := make([]byte, pad)

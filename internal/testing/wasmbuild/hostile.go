@@ -18,6 +18,16 @@ func abi(m *Module) {
 	m.Export("malloc", m.Func(i32x1, i32x1, 0, I32c(0)...))
 }
 
+// MinimalFilter is the smallest module Envoy loads as a filter: the ABI marker, the allocator
+// and a memory, and nothing else. Tests and benchmarks that move modules around but never run
+// them use it (padded with WithCustomSection for a size).
+func MinimalFilter() []byte {
+	m := &Module{}
+	abi(m)
+	m.Memory(1, -1, "memory")
+	return m.Bytes()
+}
+
 // NoMemoryTickTrap exports no memory, asks for a 1 ms tick in proxy_on_vm_start, and traps in
 // proxy_on_tick.
 func NoMemoryTickTrap() []byte {
