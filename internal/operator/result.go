@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	wasmev1 "wasme.io/wasme/api/v1"
 )
@@ -134,10 +135,8 @@ func truncate(s string, max int) string {
 	}
 	const mark = " …"
 	cut := max - len(mark)
-	for cut > 0 && !utf8Start(s[cut]) {
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
 	return s[:cut] + mark
 }
-
-func utf8Start(b byte) bool { return b&0xC0 != 0x80 }

@@ -327,8 +327,7 @@ func (r *FilterDeploymentReconciler) deleteStaleEnvoyFilters(ctx context.Context
 // envoyFilterAPIGone tells whether err says Istio's EnvoyFilter API is not served (its CRD was
 // removed, or never installed).
 func envoyFilterAPIGone(err error) bool {
-	return apimeta.IsNoMatchError(err) || errors.Is(err, &apimeta.NoKindMatchError{}) ||
-		discovery.IsGroupDiscoveryFailedError(err)
+	return apimeta.IsNoMatchError(err) || discovery.IsGroupDiscoveryFailedError(err)
 }
 
 // patchWorkload merges the cache volume into the workload's sidecar annotations. The first

@@ -74,21 +74,14 @@ func TestOperatorWaitsForIstio(t *testing.T) {
 	}
 	waitReason := func(reason, message string) {
 		t.Helper()
-		deadline := time.Now().Add(time.Minute)
-		for {
+		eventually(t, reason+" "+message, func() (bool, string) {
 			got := &wasmev1.FilterDeployment{}
 			if err := env.Client.Get(ctx, client.ObjectKeyFromObject(fd), got); err != nil {
-				t.Fatal(err)
+				return false, err.Error()
 			}
 			c := apimeta.FindStatusCondition(got.Status.Conditions, wasmev1.ReadyCondition)
-			if c != nil && c.Reason == reason && strings.Contains(c.Message, message) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("waiting for %s %q: status %+v", reason, message, got.Status)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return c != nil && c.Reason == reason && strings.Contains(c.Message, message), fmt.Sprintf("status %+v", got.Status)
+		})
 	}
 	waitReason(wasmev1.IstioNotFoundReason, "EnvoyFilter API (networking.istio.io) is not installed")
 
@@ -148,21 +141,7 @@ func TestDeletionWithoutEnvoyFilterAPI(t *testing.T) {
 	if err := env.Client.Create(ctx, fd); err != nil {
 		t.Fatal(err)
 	}
-	eventually := func(what string, cond func() (bool, string)) {
-		t.Helper()
-		deadline := time.Now().Add(time.Minute)
-		for {
-			ok, msg := cond()
-			if ok {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("waiting for %s: %s", what, msg)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	eventually("Ready", func() (bool, string) {
+	eventually(t, "Ready", func() (bool, string) {
 		got := &wasmev1.FilterDeployment{}
 		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(fd), got); err != nil {
 			return false, err.Error()
@@ -178,7 +157,7 @@ func TestDeletionWithoutEnvoyFilterAPI(t *testing.T) {
 	if err := env.Client.Delete(ctx, crd); err != nil {
 		t.Fatal(err)
 	}
-	eventually("the EnvoyFilter CRD to go", func() (bool, string) {
+	eventually(t, "the EnvoyFilter CRD to go", func() (bool, string) {
 		err := env.Client.Get(ctx, client.ObjectKeyFromObject(crd), &apiextensionsv1.CustomResourceDefinition{})
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
 	})
@@ -186,11 +165,11 @@ func TestDeletionWithoutEnvoyFilterAPI(t *testing.T) {
 	if err := env.Client.Delete(ctx, fd); err != nil {
 		t.Fatal(err)
 	}
-	eventually("the FilterDeployment to be deleted", func() (bool, string) {
+	eventually(t, "the FilterDeployment to be deleted", func() (bool, string) {
 		err := env.Client.Get(ctx, client.ObjectKeyFromObject(fd), &wasmev1.FilterDeployment{})
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
 	})
-	eventually("the workload released", func() (bool, string) {
+	eventually(t, "the workload released", func() (bool, string) {
 		got := &appsv1.Deployment{}
 		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(d), got); err != nil {
 			return false, err.Error()
@@ -198,4 +177,20 @@ func TestDeletionWithoutEnvoyFilterAPI(t *testing.T) {
 		return len(got.Spec.Template.Annotations) == 0 && got.Annotations[operator.OriginalAnnotation] == "",
 			fmt.Sprintf("%v %v", got.Annotations, got.Spec.Template.Annotations)
 	})
+}
+
+// eventually polls cond until it holds, failing t with its last message after a minute.
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %s", what, msg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
