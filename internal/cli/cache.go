@@ -76,7 +76,7 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
 	f.StringVar(&o.directory, "directory", wasmev1.CacheDir, "directory holding the modules (the hostPath mounted into the sidecars)")
 	f.IntVar(&o.port, "port", 9979, "port serving modules, /metrics, /healthz and /readyz")
 	f.StringVar(&o.bindHost, "bind-host", "", "host or IP to listen on; empty means all interfaces")
-	f.StringVar(&o.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name, also the NodeCache's; default $NODE_NAME")
+	f.StringVar(&o.nodeName, "node-name", "", "this node's name, also the NodeCache's; default $NODE_NAME")
 	f.StringVar(&o.operatorURL, "operator-url", "http://wasme-operator.wasme.svc:9980", "base URL of the operator's module server")
 	f.StringVar(&o.tokenFile, "token-file", nodecache.DefaultTokenFile, "ServiceAccount token presented to the operator, re-read on every fetch")
 	f.DurationVar(&o.gracePeriod, "grace-period", nodecache.DefaultGracePeriod, "how long a module no FilterDeployment names stays on disk")
@@ -89,6 +89,10 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
 
 // daemonOptions checks the flags that need no cluster and turns them into daemon options.
 func (o *cacheOptions) daemonOptions() (nodecache.Options, error) {
+	if o.nodeName == "" {
+		// Read here, not as the flag's default, so help and docs/cli.md do not show this host's value.
+		o.nodeName = os.Getenv("NODE_NAME")
+	}
 	if o.nodeName == "" {
 		return nodecache.Options{}, fmt.Errorf("--node-name is required (or set NODE_NAME, from spec.nodeName in the DaemonSet)")
 	}
