@@ -35,6 +35,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/nodecache"
 	"wasme.io/wasme/internal/operator"
 	"wasme.io/wasme/internal/testing/components"
@@ -241,7 +242,7 @@ func (e *env) startNodes(ctx context.Context, n int) error {
 		if err != nil {
 			return err
 		}
-		src, err := nodecache.NewOperatorSource("http://"+e.op.ModuleAddr, filepath.Join(e.dir, "cache.token"), name)
+		src, err := cacheprotocol.NewClient("http://"+e.op.ModuleAddr, filepath.Join(e.dir, "cache.token"), name)
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/kube"
 	"wasme.io/wasme/internal/nodecache"
 )
@@ -78,7 +79,7 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
 	f.StringVar(&o.bindHost, "bind-host", "", "host or IP to listen on; empty means all interfaces")
 	f.StringVar(&o.nodeName, "node-name", "", "this node's name, also the NodeCache's; default $NODE_NAME")
 	f.StringVar(&o.operatorURL, "operator-url", "http://wasme-operator.wasme.svc:9980", "base URL of the operator's module server")
-	f.StringVar(&o.tokenFile, "token-file", nodecache.DefaultTokenFile, "ServiceAccount token presented to the operator, re-read on every fetch")
+	f.StringVar(&o.tokenFile, "token-file", cacheprotocol.DefaultTokenFile, "ServiceAccount token presented to the operator, re-read on every fetch")
 	f.DurationVar(&o.gracePeriod, "grace-period", nodecache.DefaultGracePeriod, "how long a module no FilterDeployment names stays on disk")
 	f.StringVar(&o.maxSize, "max-size", "0", `cap on the directory's size, such as 2Gi; unused modules are evicted first, modules in use never; "0" means no cap`)
 	f.StringVar(&o.maxModuleSize, "max-module-size", "256Mi", "largest module accepted")
@@ -116,7 +117,7 @@ func (o *cacheOptions) daemonOptions() (nodecache.Options, error) {
 	if maxModule == 0 {
 		return nodecache.Options{}, fmt.Errorf("--max-module-size must be more than 0")
 	}
-	src, err := nodecache.NewOperatorSource(o.operatorURL, o.tokenFile, o.nodeName)
+	src, err := cacheprotocol.NewClient(o.operatorURL, o.tokenFile, o.nodeName)
 	if err != nil {
 		return nodecache.Options{}, fmt.Errorf("--operator-url: %w", err)
 	}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/kube"
-	"wasme.io/wasme/internal/moduleserver"
 	"wasme.io/wasme/internal/operator"
 	"wasme.io/wasme/internal/validation"
 	"wasme.io/wasme/pkg/wasmimage"
@@ -119,15 +119,15 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; default: in-cluster config, then $KUBECONFIG, then ~/.kube/config")
 	f.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", `Prometheus metrics address; "0" turns it off`)
 	f.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "/healthz and /readyz address")
-	f.StringVar(&o.moduleAddr, "module-bind-address", moduleserver.DefaultAddr, "address serving modules to the node caches")
+	f.StringVar(&o.moduleAddr, "module-bind-address", cacheprotocol.DefaultAddr, "address serving modules to the node caches")
 	f.BoolVar(&o.leaderElect, "leader-elect", false, "elect one active replica (all replicas serve modules)")
 	f.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader lease; default $POD_NAMESPACE")
-	f.StringSliceVar(&o.cacheUsers, "cache-user", []string{moduleserver.DefaultAllowedUser}, "user names (ServiceAccounts) allowed to fetch modules")
+	f.StringSliceVar(&o.cacheUsers, "cache-user", []string{cacheprotocol.DefaultAllowedUser}, "user names (ServiceAccounts) allowed to fetch modules")
 	f.DurationVar(&o.resolveInterval, "resolve-interval", 5*time.Minute, "how often image tags are resolved again, so a re-pushed tag rolls out")
 	f.DurationVar(&o.cacheReportDelay, "cache-report-delay", time.Second, "node cache reports within this time cause one pass (and status write) per FilterDeployment; negative: one pass per report")
 	f.StringVar(&o.caFile, "registry-ca-file", "", "PEM file of extra CAs trusted for registries")
-	f.StringVar(&o.maxModuleSize, "max-module-size", quantity(moduleserver.DefaultMaxModuleBytes), "largest module accepted, a quantity such as 64Mi (at most 256Mi)")
-	f.StringVar(&o.moduleStoreSize, "module-store-size", quantity(moduleserver.DefaultMaxStoreBytes), "modules the operator keeps in memory for validation and the node caches, a quantity such as 1Gi")
+	f.StringVar(&o.maxModuleSize, "max-module-size", quantity(cacheprotocol.DefaultMaxModuleBytes), "largest module accepted, a quantity such as 64Mi (at most 256Mi)")
+	f.StringVar(&o.moduleStoreSize, "module-store-size", quantity(cacheprotocol.DefaultMaxStoreBytes), "modules the operator keeps in memory for validation and the node caches, a quantity such as 1Gi")
 	f.DurationVar(&o.validationTimeout, "validation-timeout", validation.DefaultTimeout, "wall-clock budget of one module validation (a child process)")
 	f.StringVar(&o.validationMemory, "validation-memory", quantity(validation.DefaultAddressSpace), "address space one validation child may map beyond its start, a quantity such as 2Gi")
 	f.StringSliceVar(&o.allowedRegistries, "allowed-registries", []string{"*"},

@@ -55,7 +55,7 @@ type Options struct {
 	NodeName string
 	// Config reaches the API server with the daemon's ServiceAccount.
 	Config *rest.Config
-	// Source delivers module bytes; in the cluster, an OperatorSource.
+	// Source delivers module bytes; in the cluster, a cacheprotocol.Client.
 	Source Source
 	// Addr is where modules, /metrics, /healthz and /readyz are served. Empty means DefaultAddr.
 	Addr string

@@ -18,7 +18,7 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 
 	wasmev1 "wasme.io/wasme/api/v1"
-	"wasme.io/wasme/internal/moduleserver"
+	"wasme.io/wasme/internal/cacheprotocol"
 )
 
 // fullDisk wraps a temp file and fails every write with ENOSPC while full is set.
@@ -257,7 +257,7 @@ func TestSizeCap(t *testing.T) {
 	// Hold the fetch of a until b has been served, so that c is the least recently used.
 	release := make(chan struct{})
 	op.setFault(func(w http.ResponseWriter, r *http.Request) bool {
-		if strings.TrimPrefix(r.URL.Path, moduleserver.PathPrefix) == hexOf(a) {
+		if h, _ := cacheprotocol.DigestOf(r.URL.Path); h == hexOf(a) {
 			<-release
 		}
 		return false

@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	wasmev1 "wasme.io/wasme/api/v1"
-	"wasme.io/wasme/internal/moduleserver"
+	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/testing/testenv"
 )
 
@@ -48,7 +48,7 @@ func hexOf(b []byte) string {
 // operator is the real module server with modules Put into it, as the operator does, behind a
 // handler that counts fetches per node and can inject faults between it and the nodes.
 type operator struct {
-	srv       *moduleserver.Server
+	srv       *cacheprotocol.Server
 	url       string
 	tokenFile string
 	ns        string
@@ -65,9 +65,9 @@ func startOperator(t *testing.T) *operator {
 	op.tokenFile = filepath.Join(t.TempDir(), "token")
 	writeToken(t, op.tokenFile, serviceAccountToken(t, ns, "wasme-cache"))
 	var err error
-	op.srv, err = moduleserver.New(moduleserver.Options{
+	op.srv, err = cacheprotocol.New(cacheprotocol.Options{
 		Client:        env.Client,
-		Authenticator: moduleserver.NewTokenReviewAuthenticator(env.Client, time.Minute),
+		Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, time.Minute),
 		AllowedUsers:  []string{"system:serviceaccount:" + ns + ":wasme-cache"},
 		Registerer:    prometheus.NewRegistry(),
 	})
@@ -85,19 +85,15 @@ func startOperator(t *testing.T) *operator {
 		op.srv.ServeHTTP(rec, r)
 		if rec.code == http.StatusOK && r.Method == http.MethodGet {
 			op.mu.Lock()
-			op.fetches[nodeOf(r)+" "+strings.TrimPrefix(r.URL.Path, moduleserver.PathPrefix)]++
+			h, _ := cacheprotocol.DigestOf(r.URL.Path)
+			node, _ := cacheprotocol.NodeOf(r.Header.Get("User-Agent"))
+			op.fetches[node+" "+h]++
 			op.mu.Unlock()
 		}
 	}))
 	t.Cleanup(ts.Close)
 	op.url = ts.URL
 	return op
-}
-
-// nodeOf reads the node name OperatorSource puts in the User-Agent.
-func nodeOf(r *http.Request) string {
-	ua := r.Header.Get("User-Agent")
-	return strings.TrimSuffix(strings.TrimPrefix(ua, "wasme-cache (node "), ")")
 }
 
 func (op *operator) setFault(f func(w http.ResponseWriter, r *http.Request) bool) {
@@ -190,7 +186,7 @@ type node struct {
 // storeHook, if set, adjusts its store before it runs (fault injection).
 func startNode(t *testing.T, op *operator, name, dir string, adjust func(*Options), storeHook func(*Store)) *node {
 	t.Helper()
-	src, err := NewOperatorSource(op.url, op.tokenFile, name)
+	src, err := cacheprotocol.NewClient(op.url, op.tokenFile, name)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/cacheprotocol"
 )
 
 // childEnv makes the test binary run one daemon instead of the tests, so that a test can
@@ -30,7 +31,7 @@ func runChild() int {
 	if err != nil {
 		return fail(err)
 	}
-	src, err := NewOperatorSource(os.Getenv("CHILD_OPERATOR_URL"), os.Getenv("CHILD_TOKEN_FILE"), os.Getenv("CHILD_NODE"))
+	src, err := cacheprotocol.NewClient(os.Getenv("CHILD_OPERATOR_URL"), os.Getenv("CHILD_TOKEN_FILE"), os.Getenv("CHILD_NODE"))
 	if err != nil {
 		return fail(err)
 	}

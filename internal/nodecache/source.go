@@ -2,89 +2,12 @@ package nodecache
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
-	"net/http"
-	"net/url"
-	"os"
-	"strings"
-	"time"
 )
 
-// Source delivers module bytes by digest. The daemon verifies whatever it returns.
+// Source delivers module bytes by digest. The daemon verifies whatever it returns. In the
+// cluster it is the operator's module server, through a cacheprotocol.Client.
 type Source interface {
 	// Fetch returns a reader of the module whose sha256 is hexDigest. The caller closes it.
 	Fetch(ctx context.Context, hexDigest string) (io.ReadCloser, error)
-}
-
-// DefaultTokenFile is where Kubernetes projects the pod's ServiceAccount token.
-const DefaultTokenFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
-// OperatorSource fetches modules from the operator's module server, authenticated with the
-// daemon's ServiceAccount token (docs/design/node-cache-protocol.md, rule 2).
-type OperatorSource struct {
-	base      *url.URL
-	tokenFile string
-	userAgent string
-	client    *http.Client
-}
-
-// NewOperatorSource returns a Source for the module server at baseURL (for example
-// "http://wasme-operator.wasme.svc:9980"). The token is read from tokenFile on every fetch,
-// because the kubelet rotates projected tokens. nodeName goes into the User-Agent so the
-// operator's logs tell the nodes apart.
-func NewOperatorSource(baseURL, tokenFile, nodeName string) (*OperatorSource, error) {
-	u, err := url.Parse(baseURL)
-	if err != nil {
-		return nil, fmt.Errorf("operator URL %q: %w", baseURL, err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
-		return nil, fmt.Errorf("operator URL %q: want http://host:port or https://host:port", baseURL)
-	}
-	if u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("operator URL %q: must not have a query or fragment", baseURL)
-	}
-	if tokenFile == "" {
-		return nil, errors.New("a token file is required: the operator serves modules to authenticated node caches only")
-	}
-	return &OperatorSource{
-		base:      u,
-		tokenFile: tokenFile,
-		userAgent: "wasme-cache (node " + nodeName + ")",
-		client: &http.Client{
-			// The module server never redirects; following one could leak the token elsewhere.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-			Transport: &http.Transport{
-				Proxy:                 http.ProxyFromEnvironment,
-				ResponseHeaderTimeout: 2 * time.Minute,
-				IdleConnTimeout:       90 * time.Second,
-			},
-		},
-	}, nil
-}
-
-// Fetch implements Source.
-func (s *OperatorSource) Fetch(ctx context.Context, hexDigest string) (io.ReadCloser, error) {
-	token, err := os.ReadFile(s.tokenFile)
-	if err != nil {
-		return nil, fmt.Errorf("reading the ServiceAccount token: %w", err)
-	}
-	u := s.base.JoinPath("modules", "sha256", hexDigest)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
-	req.Header.Set("User-Agent", s.userAgent)
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("fetching from the operator: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		resp.Body.Close()
-		return nil, fmt.Errorf("the operator answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-	}
-	return resp.Body, nil
 }

@@ -67,7 +67,7 @@ type Validator func(ctx context.Context, module []byte, rootID string, config []
 
 // ModuleStore holds the bytes of the modules the operator pulled, by digest "sha256:<hex>",
 // byte-bounded: the reconciler validates from it and the module server serves the node caches
-// from it (moduleserver.Server). A module it dropped is pulled again.
+// from it (cacheprotocol.Server). A module it dropped is pulled again.
 type ModuleStore interface {
 	Put(digest string, module []byte) error
 	Get(digest string) ([]byte, bool)

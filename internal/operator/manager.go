@@ -22,7 +22,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	wasmev1 "wasme.io/wasme/api/v1"
-	"wasme.io/wasme/internal/moduleserver"
+	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/validation"
 )
 
@@ -59,10 +59,10 @@ type Options struct {
 	// Validation bounds each validation: time, address space, guest memory.
 	Validation validation.Limits
 	// ModuleStoreBytes bounds the module bytes the operator holds (the one store of the
-	// reconciler and the module server). Zero means moduleserver.DefaultMaxStoreBytes.
+	// reconciler and the module server). Zero means cacheprotocol.DefaultMaxStoreBytes.
 	ModuleStoreBytes int64
 	// MaxModuleBytes is the largest module the module server accepts. Zero means
-	// moduleserver.DefaultMaxModuleBytes; the registry pull's own limit is in Images.
+	// cacheprotocol.DefaultMaxModuleBytes; the registry pull's own limit is in Images.
 	MaxModuleBytes int64
 	// SkipNameValidation allows several operators in one process (tests, the local harness).
 	SkipNameValidation bool
@@ -95,9 +95,9 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		}
 	}
 	if o.ModuleStoreBytes == 0 {
-		o.ModuleStoreBytes = moduleserver.DefaultMaxStoreBytes
+		o.ModuleStoreBytes = cacheprotocol.DefaultMaxStoreBytes
 	}
-	store := moduleserver.NewStore(o.ModuleStoreBytes)
+	store := cacheprotocol.NewStore(o.ModuleStoreBytes)
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  o.Scheme,
 		Logger:                  o.Log,
@@ -133,9 +133,9 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 
 		AllowInsecureRegistries: o.AllowInsecureRegistries,
 	}
-	ms, err := moduleserver.New(moduleserver.Options{
+	ms, err := cacheprotocol.New(cacheprotocol.Options{
 		Client:         mgr.GetClient(),
-		Authenticator:  moduleserver.NewTokenReviewAuthenticator(mgr.GetClient(), time.Minute),
+		Authenticator:  cacheprotocol.NewTokenReviewAuthenticator(mgr.GetClient(), time.Minute),
 		AllowedUsers:   o.CacheUsers,
 		Addr:           o.ModuleAddr,
 		Store:          store,

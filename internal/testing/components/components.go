@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/nodecache"
 	"wasme.io/wasme/internal/operator"
 	"wasme.io/wasme/internal/testing/proc"
@@ -166,7 +167,7 @@ type NodeCache struct {
 func StartNodeCache(ctx context.Context, o NodeCacheOptions) (*NodeCache, error) {
 	src := o.Source
 	if src == nil {
-		s, err := nodecache.NewOperatorSource(o.OperatorURL, o.TokenFile, o.NodeName)
+		s, err := cacheprotocol.NewClient(o.OperatorURL, o.TokenFile, o.NodeName)
 		if err != nil {
 			return nil, err
 		}

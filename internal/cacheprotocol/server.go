@@ -1,12 +1,4 @@
-// Package moduleserver is the operator's side of the node cache protocol
-// (docs/design/node-cache-protocol.md): it serves Wasm modules by sha256 to the node cache
-// daemons, so nodes never hold registry credentials and the registry sees one pull per digest
-// per operator replica instead of one per node.
-//
-// The operator creates one Server with New, adds it to its manager (every replica serves, so it
-// does not need leader election), and calls Put after each pull of its own. A replica asked for
-// a digest it has not pulled calls Options.Fetch with a FilterDeployment that names the digest.
-package moduleserver
+package cacheprotocol
 
 import (
 	"bytes"
@@ -32,10 +24,8 @@ import (
 
 // Defaults for Options.
 const (
-	// DefaultAddr is the module port of the protocol (Service wasme-operator, port "modules").
-	DefaultAddr = ":9980"
-	// DefaultAllowedUser is the node cache daemons' ServiceAccount.
-	DefaultAllowedUser = "system:serviceaccount:wasme:wasme-cache"
+	// DefaultAddr listens on the protocol's module port on every interface.
+	DefaultAddr = ":" + Port
 	// DefaultMaxStoreBytes bounds the in-memory store; modules are typically a few MiB.
 	DefaultMaxStoreBytes = 256 << 20
 	// DefaultMaxModuleBytes is the largest module Fetch may return.
@@ -43,9 +33,6 @@ const (
 	// DefaultFetchTimeout bounds one fallback Fetch, which may pull from a slow registry.
 	DefaultFetchTimeout = 2 * time.Minute
 )
-
-// PathPrefix is where modules are served: PathPrefix + "<64 hex>".
-const PathPrefix = "/modules/sha256/"
 
 // Options configure a Server. Client and Authenticator are required.
 type Options struct {
@@ -92,16 +79,16 @@ type Server struct {
 // New checks the options and builds a Server.
 func New(opts Options) (*Server, error) {
 	if opts.Client == nil {
-		return nil, errors.New("moduleserver: Options.Client is required to look up FilterDeployments")
+		return nil, errors.New("module server: Options.Client is required to look up FilterDeployments")
 	}
 	if opts.Authenticator == nil {
-		return nil, errors.New("moduleserver: Options.Authenticator is required: modules are served to authenticated node caches only")
+		return nil, errors.New("module server: Options.Authenticator is required: modules are served to authenticated node caches only")
 	}
 	if opts.Addr == "" {
 		opts.Addr = DefaultAddr
 	}
 	if opts.MaxStoreBytes < 0 || opts.MaxModuleBytes < 0 || opts.FetchTimeout < 0 {
-		return nil, errors.New("moduleserver: size and timeout limits must not be negative")
+		return nil, errors.New("module server: size and timeout limits must not be negative")
 	}
 	if opts.MaxStoreBytes == 0 {
 		opts.MaxStoreBytes = DefaultMaxStoreBytes
@@ -234,7 +221,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) int {
 		w.Header().Set("Allow", "GET, HEAD")
 		return httpError(w, http.StatusMethodNotAllowed, "only GET and HEAD are served")
 	}
-	rest, ok := strings.CutPrefix(r.URL.Path, PathPrefix)
+	rest, ok := DigestOf(r.URL.Path)
 	if !ok {
 		return httpError(w, http.StatusNotFound, "not found: modules are served at "+PathPrefix+"<hex>")
 	}
@@ -268,7 +255,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) int {
 		}
 	}
 
-	w.Header().Set("Content-Type", "application/wasm")
+	w.Header().Set("Content-Type", ContentType)
 	w.Header().Set("ETag", `"sha256:`+rest+`"`)
 	w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")
 	rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}

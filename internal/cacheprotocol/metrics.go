@@ -1,4 +1,4 @@
-package moduleserver
+package cacheprotocol
 
 import (
 	"errors"

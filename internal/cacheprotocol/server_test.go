@@ -1,4 +1,4 @@
-package moduleserver_test
+package cacheprotocol_test
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	wasmev1 "wasme.io/wasme/api/v1"
-	"wasme.io/wasme/internal/moduleserver"
+	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/testing/testenv"
 )
 
@@ -97,9 +97,9 @@ func TestServer(t *testing.T) {
 
 	var fetches sync.Map // FilterDeployment name -> *atomic.Int32
 	release := make(chan struct{})
-	srv, err := moduleserver.New(moduleserver.Options{
+	srv, err := cacheprotocol.New(cacheprotocol.Options{
 		Client:        env.Client,
-		Authenticator: moduleserver.NewTokenReviewAuthenticator(env.Client, 0),
+		Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0),
 		AllowedUsers:  []string{"system:serviceaccount:" + ns + ":wasme-cache"},
 		Registerer:    prometheus.NewRegistry(),
 		Fetch: func(ctx context.Context, fd *wasmev1.FilterDeployment) ([]byte, error) {
@@ -132,7 +132,7 @@ func TestServer(t *testing.T) {
 	ts := httptest.NewServer(srv)
 	defer ts.Close()
 
-	path := func(b []byte) string { return moduleserver.PathPrefix + strings.TrimPrefix(digestOf(b), "sha256:") }
+	path := func(b []byte) string { return cacheprotocol.ModulePath(strings.TrimPrefix(digestOf(b), "sha256:")) }
 	tests := []struct {
 		name       string
 		method     string
@@ -160,9 +160,9 @@ func TestServer(t *testing.T) {
 		{name: "deployed module, held", method: "GET", path: path(deployed), token: goodToken, wantCode: 200, wantBody: deployed},
 		{name: "deployed module, not held (no image leads to it)", method: "GET", path: path(deployedGone), token: goodToken, wantCode: 404},
 		{name: "tampered upstream", method: "GET", path: path(tampered), token: goodToken, wantCode: 502},
-		{name: "malformed digest", method: "GET", path: moduleserver.PathPrefix + "abc", token: goodToken, wantCode: 400},
-		{name: "upper-case digest", method: "GET", path: moduleserver.PathPrefix + strings.ToUpper(strings.TrimPrefix(digestOf(held), "sha256:")), token: goodToken, wantCode: 400},
-		{name: "traversal", method: "GET", path: moduleserver.PathPrefix + "../../../etc/passwd", token: goodToken, wantCode: 400},
+		{name: "malformed digest", method: "GET", path: cacheprotocol.PathPrefix + "abc", token: goodToken, wantCode: 400},
+		{name: "upper-case digest", method: "GET", path: cacheprotocol.PathPrefix + strings.ToUpper(strings.TrimPrefix(digestOf(held), "sha256:")), token: goodToken, wantCode: 400},
+		{name: "traversal", method: "GET", path: cacheprotocol.PathPrefix + "../../../etc/passwd", token: goodToken, wantCode: 400},
 		{name: "reference instead of digest", method: "GET", path: "/registry.example.com/filters/held:v1", token: goodToken, wantCode: 404},
 		{name: "POST", method: "POST", path: path(held), token: goodToken, wantCode: 405},
 	}
@@ -256,16 +256,16 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestNewRefusesIncompleteOptions(t *testing.T) {
 	tests := []struct {
 		name string
-		opts moduleserver.Options
+		opts cacheprotocol.Options
 		want string
 	}{
-		{"no client", moduleserver.Options{Authenticator: moduleserver.NewTokenReviewAuthenticator(env.Client, 0)}, "Client is required"},
-		{"no authenticator", moduleserver.Options{Client: env.Client}, "Authenticator is required"},
-		{"negative limit", moduleserver.Options{Client: env.Client, Authenticator: moduleserver.NewTokenReviewAuthenticator(env.Client, 0), MaxStoreBytes: -1}, "must not be negative"},
+		{"no client", cacheprotocol.Options{Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0)}, "Client is required"},
+		{"no authenticator", cacheprotocol.Options{Client: env.Client}, "Authenticator is required"},
+		{"negative limit", cacheprotocol.Options{Client: env.Client, Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0), MaxStoreBytes: -1}, "must not be negative"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := moduleserver.New(tc.opts)
+			_, err := cacheprotocol.New(tc.opts)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("New: %v, want an error containing %q", err, tc.want)
 			}
@@ -274,8 +274,8 @@ func TestNewRefusesIncompleteOptions(t *testing.T) {
 }
 
 func TestPut(t *testing.T) {
-	srv, err := moduleserver.New(moduleserver.Options{
-		Client: env.Client, Authenticator: moduleserver.NewTokenReviewAuthenticator(env.Client, 0),
+	srv, err := cacheprotocol.New(cacheprotocol.Options{
+		Client: env.Client, Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0),
 		Registerer: prometheus.NewRegistry(), MaxModuleBytes: 16,
 	})
 	if err != nil {
@@ -313,7 +313,7 @@ func TestPut(t *testing.T) {
 }
 
 func TestStoreEvictsLeastRecentlyUsed(t *testing.T) {
-	s := moduleserver.NewStore(10)
+	s := cacheprotocol.NewStore(10)
 	a, b, c := []byte("aaaa"), []byte("bbbb"), []byte("cccc")
 	hexOf := func(x []byte) string { return strings.TrimPrefix(digestOf(x), "sha256:") }
 	for _, x := range [][]byte{a, b} {
