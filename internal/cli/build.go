@@ -68,9 +68,6 @@ func newBuildLangCmd(s streams, lang, short string, build buildSource) *cobra.Co
 		Example: fmt.Sprintf("  wasme build %s ./my-filter -t registry.example.com/team/my-filter:v1 --root-id my_root", lang),
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.out.validate(); err != nil {
-				return err
-			}
 			dir := args[0]
 			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 				return fmt.Errorf("build %s: %s is not a directory", lang, dir)
@@ -110,9 +107,6 @@ func newBuildPrecompiledCmd(s streams) *cobra.Command {
 		Example: "  wasme build precompiled filter.wasm -t registry.example.com/team/my-filter:v1 --root-id my_root",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.out.validate(); err != nil {
-				return err
-			}
 			module, err := os.ReadFile(args[0])
 			if err != nil {
 				return fmt.Errorf("build precompiled: %v", err)

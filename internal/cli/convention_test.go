@@ -3,9 +3,14 @@ package cli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
 )
 
 // Sizes are Kubernetes quantities in every command; a bad one is refused with the flag's name,
@@ -58,5 +63,96 @@ func TestCompletion(t *testing.T) {
 		if !strings.Contains(out.String(), "wasme") || out.Len() < 1000 {
 			t.Errorf("wasme completion %s printed %d bytes", sh, out.Len())
 		}
+	}
+}
+
+// objectVerbs print objects or lists; each takes -o table|json|yaml, the others none.
+var objectVerbs = []string{
+	"wasme build assemblyscript", "wasme build go", "wasme build precompiled", "wasme build rust", "wasme build tinygo",
+	"wasme deploy istio", "wasme list", "wasme pull", "wasme push", "wasme tag", "wasme version",
+}
+
+// TestOutputConvention walks the command tree: every verb that prints objects has the same -o
+// flag (values, default, help text, completion, refusal of other values), and no other verb
+// has an -o of its own.
+func TestOutputConvention(t *testing.T) {
+	want := map[string]bool{}
+	for _, v := range objectVerbs {
+		want[v] = true
+	}
+	var walk func(c *cobra.Command)
+	seen := map[string]bool{}
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		path := c.CommandPath()
+		f := c.LocalFlags().Lookup("output")
+		if !want[path] {
+			if f != nil || c.Annotations[outputAnnotation] != "" {
+				t.Errorf("%s has -o but is not listed as printing objects", path)
+			}
+			return
+		}
+		seen[path] = true
+		if f == nil {
+			t.Errorf("%s prints objects but has no --output", path)
+			return
+		}
+		if f.Shorthand != "o" || f.DefValue != "table" || f.Usage != outputUsage || f.Value.Type() != "format" {
+			t.Errorf("%s: --output is -%s, default %q, type %q, help %q; want -o, table, format, %q", path, f.Shorthand, f.DefValue, f.Value.Type(), f.Usage, outputUsage)
+		}
+	}
+	walk(NewRootCmd(streams{}))
+	for _, v := range objectVerbs {
+		if !seen[v] {
+			t.Errorf("%s is not in the command tree", v)
+		}
+	}
+	for _, v := range objectVerbs {
+		args := append(strings.Fields(v)[1:], "-o", "xml")
+		t.Run(v, func(t *testing.T) {
+			var errOut bytes.Buffer
+			if code := executeArgs(context.Background(), streams{out: &bytes.Buffer{}, errOut: &errOut}, strings.NewReader(""), args); code == 0 {
+				t.Fatalf("%v exited 0", args)
+			}
+			if got, want := errOut.String(), "Error: invalid argument \"xml\" for \"-o, --output\" flag: want table, json or yaml\n"; got != want {
+				t.Errorf("stderr %q, want %q", got, want)
+			}
+			// The shell completes the same three values for every verb.
+			var out bytes.Buffer
+			comp := append([]string{cobra.ShellCompRequestCmd}, strings.Fields(v)[1:]...)
+			if err := Run(context.Background(), append(comp, "-o", ""), &out, &bytes.Buffer{}); err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Fields(out.String()); len(got) != 4 || strings.Join(got[:3], ",") != "table,json,yaml" {
+				t.Errorf("completion of -o: %q", out.String())
+			}
+		})
+	}
+}
+
+func TestVersionOutput(t *testing.T) {
+	var table, js, ym bytes.Buffer
+	for _, c := range []struct {
+		args []string
+		out  *bytes.Buffer
+	}{{[]string{"version"}, &table}, {[]string{"version", "-o", "json"}, &js}, {[]string{"version", "-o", "yaml"}, &ym}} {
+		if err := Run(context.Background(), c.args, c.out, c.out); err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+	}
+	var fromJSON, fromYAML versionInfo
+	if err := json.Unmarshal(js.Bytes(), &fromJSON); err != nil {
+		t.Fatalf("version -o json: %v: %s", err, js.String())
+	}
+	if err := yaml.UnmarshalStrict(ym.Bytes(), &fromYAML); err != nil {
+		t.Fatalf("version -o yaml: %v: %s", err, ym.String())
+	}
+	if fromJSON != fromYAML || fromJSON.GoVersion != runtime.Version() || fromJSON.Version != Version || fromJSON.Commit == "" || fromJSON.Platform != runtime.GOOS+"/"+runtime.GOARCH {
+		t.Errorf("json %+v, yaml %+v", fromJSON, fromYAML)
+	}
+	if want := "wasme " + Version + " (commit " + fromJSON.Commit + ", " + runtime.Version(); !strings.HasPrefix(table.String(), want) || strings.Count(table.String(), "\n") != 1 {
+		t.Errorf("version table %q, want one line starting %q", table.String(), want)
 	}
 }

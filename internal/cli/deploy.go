@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -15,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	"github.com/spf13/cobra"
 
@@ -44,6 +44,7 @@ type deployOptions struct {
 	plainHTTP      bool
 	dryRun         bool
 	wait           time.Duration
+	out            outputFlag
 }
 
 func (o *deployOptions) selectionFlags(cmd *cobra.Command) {
@@ -51,7 +52,7 @@ func (o *deployOptions) selectionFlags(cmd *cobra.Command) {
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; default $KUBECONFIG or ~/.kube/config")
 	f.StringVarP(&o.namespace, "namespace", "n", "default", "namespace of the workloads (and of the FilterDeployment)")
 	f.StringVar(&o.id, "id", "", "filter id: names the FilterDeployment, the Envoy plugin and the EnvoyFilters (required)")
-	f.BoolVar(&o.dryRun, "dry-run", false, "print the FilterDeployment, checked by the API server, and change nothing")
+	f.BoolVar(&o.dryRun, "dry-run", false, "have the API server check the FilterDeployment and change nothing")
 	f.DurationVar(&o.wait, "wait", 2*time.Minute, "how long to wait for the operator (0: do not wait)")
 }
 
@@ -79,7 +80,7 @@ has its EnvoyFilter.`,
 		Example: `  wasme deploy istio registry.example.com/filters/custom-header:v0.1 --id custom-header -n bookinfo
   wasme deploy istio registry.example.com/filters/custom-header:v0.1 --id hdr -n bookinfo \
     -l app=details --config '{"name":"x-a","value":"b"}' --patch-context outbound
-  wasme deploy istio registry.example.com/filters/custom-header:v0.1 --id hdr --dry-run`,
+  wasme deploy istio registry.example.com/filters/custom-header:v0.1 --id hdr --dry-run -o yaml`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fd, err := o.filterDeployment(args[0])
@@ -98,17 +99,29 @@ has its EnvoyFilter.`,
 			if err := applyFD(ctx, c, fd, opts...); err != nil {
 				return err
 			}
+			// With -o json|yaml stdout holds only the object, as the server has it at the end.
+			progress := s.out
+			if o.out.data() {
+				progress = io.Discard
+			}
 			if o.dryRun {
-				return printYAML(s.out, fd)
+				fmt.Fprintf(progress, "filterdeployment %s/%s checked by the API server (dry run)\n", fd.Namespace, fd.Name)
+			} else {
+				fmt.Fprintf(progress, "filterdeployment %s/%s applied\n", fd.Namespace, fd.Name)
+				if o.wait > 0 {
+					if err := waitReady(ctx, c, fd, o.wait, progress); err != nil {
+						return err
+					}
+				}
 			}
-			fmt.Fprintf(s.out, "filterdeployment %s/%s applied\n", fd.Namespace, fd.Name)
-			if o.wait == 0 {
-				return nil
-			}
-			return waitReady(ctx, c, fd, o.wait, s.out)
+			// The typed client's reads leave the kind empty; a printed object says what it is.
+			fd.TypeMeta = metav1.TypeMeta{APIVersion: wasmev1.GroupVersion.String(), Kind: "FilterDeployment"}
+			fd.ManagedFields = nil
+			return o.out.print(s.out, fd, func() error { return printFDTable(s.out, fd) })
 		},
 	}
 	o.selectionFlags(cmd)
+	o.out.bind(cmd)
 	f := cmd.Flags()
 	f.StringToStringVarP(&o.labels, "labels", "l", nil, "select workloads with these labels (k=v,...); default: all of the kind")
 	f.StringVarP(&o.workloadType, "workload-type", "t", "deployment", "deployment, daemonset or statefulset")
@@ -255,14 +268,16 @@ func applyFD(ctx context.Context, c client.Client, fd *wasmev1.FilterDeployment,
 	return json.Unmarshal(b, fd)
 }
 
-func printYAML(w io.Writer, fd *wasmev1.FilterDeployment) error {
-	fd.ManagedFields = nil
-	b, err := yaml.Marshal(fd)
-	if err != nil {
-		return err
+// printFDTable prints the columns of `kubectl get fd`.
+func printFDTable(w io.Writer, fd *wasmev1.FilterDeployment) error {
+	ready := "-"
+	if c := apimeta.FindStatusCondition(fd.Status.Conditions, wasmev1.ReadyCondition); c != nil && fd.Status.ObservedGeneration == fd.Generation {
+		ready = string(c.Status)
 	}
-	_, err = w.Write(b)
-	return err
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAMESPACE\tNAME\tIMAGE\tREADY\tWORKLOADS")
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", fd.Namespace, fd.Name, fd.Spec.Filter.Image, ready, len(fd.Status.Workloads))
+	return tw.Flush()
 }
 
 // waitReady waits for Ready (or Stalled, which will not change by waiting) and prints the

@@ -185,7 +185,7 @@ func TestImageCommandsRejectBadInput(t *testing.T) {
 		{"push: unknown layout", []string{"push", reg.Host + "/f:v1", "--layout", "zip", "--store", store}, "unknown layout"},
 		{"tag: unknown source", []string{"tag", "nothere:v1", "x:v1", "--store", store}, "not in the local store"},
 		{"tag: digest target", []string{"tag", reg.Host + "/f:v1", "x@" + digest.FromString("x").String(), "--store", store}, "needs a tag"},
-		{"list: bad output", []string{"list", "-o", "xml", "--store", store}, "unknown output format"},
+		{"list: bad output", []string{"list", "-o", "xml", "--store", store}, `invalid argument "xml" for "-o, --output" flag: want table, json or yaml`},
 		{"login: wrong password", []string{"login", reg.Host, "-u", "dev", "-p", "bad", "--plain-http"}, "wrong username or password"},
 		{"login: registry down", []string{"login", down.Host, "-u", "dev", "-p", "x", "--plain-http"}, "connection refused"},
 		{"init: unknown language", []string{"init", filepath.Join(t.TempDir(), "p"), "--language", "cobol"}, "not supported"},

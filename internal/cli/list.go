@@ -23,9 +23,6 @@ func newListCmd(s streams) *cobra.Command {
 		Example: "  wasme list\n  wasme list -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			st, err := store.open()
 			if err != nil {
 				return err

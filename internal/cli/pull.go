@@ -24,9 +24,6 @@ digest, size limit, and a full compile with the proxy-wasm ABI export.`,
   wasme pull registry.example.com/team/my-filter@sha256:4f6c... -o json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			if err := reg.readPassword(cmd.InOrStdin()); err != nil {
 				return err
 			}

@@ -29,9 +29,6 @@ CNCF Wasm artifact.`,
   wasme push registry.example.com/team/my-filter:v1 --layout compat -u me --password-stdin`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			l, err := wasmimage.ParseLayout(layout)
 			if err != nil {
 				return err

@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/api/resource"
-	"sigs.k8s.io/yaml"
 
 	"wasme.io/wasme/pkg/wasmimage"
 )
@@ -110,42 +109,6 @@ func (f *storeFlag) open() (*wasmimage.Store, error) {
 		dir = os.Getenv("WASME_STORE")
 	}
 	return wasmimage.OpenStore(dir)
-}
-
-// outputFlag is -o for commands whose output is data.
-type outputFlag struct{ format string }
-
-func (f *outputFlag) bind(cmd *cobra.Command) {
-	cmd.Flags().StringVarP(&f.format, "output", "o", "", "output format: json or yaml (default: human readable)")
-}
-
-func (f *outputFlag) validate() error {
-	switch f.format {
-	case "", "json", "yaml":
-		return nil
-	}
-	return fmt.Errorf("unknown output format %q (json or yaml)", f.format)
-}
-
-// print writes v as JSON or YAML when asked, else calls human.
-func (f *outputFlag) print(w io.Writer, v any, human func() error) error {
-	switch f.format {
-	case "json":
-		b, err := jsonIndent(v)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(w, "%s\n", b)
-		return err
-	case "yaml":
-		b, err := yaml.Marshal(v)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
-		return err
-	}
-	return human()
 }
 
 // imageInfo is the data output of build, pull, push and tag.

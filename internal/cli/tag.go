@@ -17,9 +17,6 @@ func newTagCmd(s streams) *cobra.Command {
 		Example: "  wasme tag my-filter:v1 registry.example.com/team/my-filter:v1",
 		Args:    cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := out.validate(); err != nil {
-				return err
-			}
 			src, err := parseRef(args[0])
 			if err != nil {
 				return err

@@ -15,26 +15,44 @@ var Version = "dev"
 // empty, the commit Go stamped into the binary, if any.
 var Commit = ""
 
+// versionInfo is what `wasme version -o json|yaml` prints.
+type versionInfo struct {
+	Version   string `json:"version"`
+	Commit    string `json:"commit"`
+	GoVersion string `json:"goVersion"`
+	Platform  string `json:"platform"`
+}
+
+func currentVersion() versionInfo {
+	commit := Commit
+	if info, ok := debug.ReadBuildInfo(); ok && commit == "" {
+		for _, kv := range info.Settings {
+			if kv.Key == "vcs.revision" {
+				commit = kv.Value
+			}
+		}
+	}
+	if commit == "" {
+		commit = "unknown"
+	}
+	return versionInfo{Version: Version, Commit: commit, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+}
+
 func newVersionCmd(s streams) *cobra.Command {
-	return &cobra.Command{
+	var out outputFlag
+	cmd := &cobra.Command{
 		Use:     "version",
 		Short:   "Print the wasme version",
-		Example: "  wasme version",
+		Example: "  wasme version\n  wasme version -o json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			commit := Commit
-			if info, ok := debug.ReadBuildInfo(); ok {
-				for _, kv := range info.Settings {
-					if kv.Key == "vcs.revision" && commit == "" {
-						commit = kv.Value
-					}
-				}
-			}
-			if commit == "" {
-				commit = "unknown"
-			}
-			_, err := fmt.Fprintf(s.out, "wasme %s (commit %s, %s, %s/%s)\n", Version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-			return err
+			v := currentVersion()
+			return out.print(s.out, v, func() error {
+				_, err := fmt.Fprintf(s.out, "wasme %s (commit %s, %s, %s)\n", v.Version, v.Commit, v.GoVersion, v.Platform)
+				return err
+			})
 		},
 	}
+	out.bind(cmd)
+	return cmd
 }

@@ -6,8 +6,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -15,8 +17,10 @@ import (
 	networkingv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/cli"
@@ -86,17 +90,31 @@ func TestDeployAndUndeployIstio(t *testing.T) {
 	}
 
 	image := "registry.example.com/filters/custom-header:v1"
-	out, err := run(t, "deploy", "istio", image, "--id", "hdr", "-n", ns, "--kubeconfig", kc, "--dry-run", "-l", "app=details", "--config", "x")
-	if err != nil || !strings.Contains(out, "kind: FilterDeployment") || !strings.Contains(out, "config: x") {
-		t.Fatalf("dry run: %v\n%s", err, out)
+	out, err := run(t, "deploy", "istio", image, "--id", "hdr", "-n", ns, "--kubeconfig", kc, "--dry-run", "-l", "app=details", "--config", "x", "-o", "yaml")
+	var dry wasmev1.FilterDeployment
+	if err != nil || yaml.UnmarshalStrict([]byte(out), &dry) != nil || dry.Kind != "FilterDeployment" || string(dry.Spec.Filter.Config.Raw) != `"x"` {
+		t.Fatalf("dry run -o yaml: %v\n%s", err, out)
+	}
+	out, err = run(t, "deploy", "istio", image, "--id", "hdr", "-n", ns, "--kubeconfig", kc, "--dry-run")
+	if err != nil || !strings.Contains(out, "(dry run)") || !strings.Contains(out, "NAMESPACE") || !strings.Contains(out, image) {
+		t.Fatalf("dry run, table: %v\n%s", err, out)
 	}
 	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hdr"}, &wasmev1.FilterDeployment{}); err == nil {
 		t.Fatal("a dry run created the FilterDeployment")
 	}
 
 	out, err = run(t, "deploy", "istio", image, "--id", "hdr", "-n", ns, "--kubeconfig", kc, "-l", "app=details")
-	if err != nil || !strings.Contains(out, "details-v1: Succeeded") {
+	if err != nil || !strings.Contains(out, "details-v1: Succeeded") || !regexp.MustCompile(`(?m)^`+ns+` +hdr +\S+ +True +1$`).MatchString(out) {
 		t.Fatalf("deploy: %v\n%s", err, out)
+	}
+	// Deploying again with -o json prints only the object as it stands once Ready.
+	out, err = run(t, "deploy", "istio", image, "--id", "hdr", "-n", ns, "--kubeconfig", kc, "-l", "app=details", "-o", "json")
+	var deployed wasmev1.FilterDeployment
+	if err != nil || json.Unmarshal([]byte(out), &deployed) != nil {
+		t.Fatalf("deploy -o json: %v\n%s", err, out)
+	}
+	if deployed.Kind != "FilterDeployment" || deployed.Status.Workloads["details-v1"].State != wasmev1.WorkloadSucceeded || !apimeta.IsStatusConditionTrue(deployed.Status.Conditions, wasmev1.ReadyCondition) {
+		t.Fatalf("deploy -o json printed %+v", deployed)
 	}
 	var efs networkingv1alpha3.EnvoyFilterList
 	if err := c.List(ctx, &efs, client.InNamespace(ns)); err != nil || len(efs.Items) != 1 || efs.Items[0].Name != "details-v1-hdr" {
