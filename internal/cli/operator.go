@@ -4,10 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/kube"
 	"wasme.io/wasme/internal/operator"
@@ -32,6 +35,7 @@ type operatorOptions struct {
 	allowedRegistries       []string
 	clusterCIDRs            []string
 	allowInsecure           bool
+	cacheDir                string
 	log                     logFlags
 }
 
@@ -78,6 +82,9 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 			case validationMemory < 64<<20:
 				return errors.New("--validation-memory must be at least 64Mi")
 			}
+			if err := checkCacheDir(o.cacheDir); err != nil {
+				return err
+			}
 			egress, err := wasmimage.NewEgressPolicy(o.allowedRegistries, o.clusterCIDRs)
 			if err != nil {
 				return fmt.Errorf("--allowed-registries or --cluster-cidrs: %w", err)
@@ -104,6 +111,7 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 				CacheUsers: o.cacheUsers, ResolveInterval: o.resolveInterval, CacheReportDelay: o.cacheReportDelay,
 				Images:                  operator.RegistryImages{Options: imgOpts, Egress: egress},
 				AllowInsecureRegistries: o.allowInsecure,
+				CacheDir:                o.cacheDir,
 				MaxModuleBytes:          maxModule,
 				ModuleStoreBytes:        storeSize,
 				Validation: validation.Limits{
@@ -135,6 +143,21 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 	f.StringSliceVar(&o.clusterCIDRs, "cluster-cidrs", nil, "pod and Service CIDRs of the cluster, refused like private ranges (RFC 1918, CGNAT and ULA already are)")
 	f.BoolVar(&o.allowInsecure, "allow-insecure-registries", false,
 		"allow imagePullOptions.plainHttp and insecureSkipVerify in every namespace (otherwise only in namespaces labelled "+operator.AllowInsecureRegistriesLabel+"=true)")
+	f.StringVar(&o.cacheDir, "cache-directory", wasmev1.CacheDir,
+		"the node caches' directory (their --directory, the DaemonSet's hostPath): mounted read-only into the sidecars at the same path and named in the EnvoyFilters")
 	o.log.bind(f)
 	return cmd
+}
+
+// checkCacheDir refuses a cache directory the sidecars could not mount at the same path.
+func checkCacheDir(dir string) error {
+	switch {
+	case !path.IsAbs(dir):
+		return fmt.Errorf("--cache-directory %q: must be an absolute path (the sidecars mount it at the same path)", dir)
+	case path.Clean(dir) != dir || dir == "/":
+		return fmt.Errorf("--cache-directory %q: must be a clean path below / (such as %s)", dir, wasmev1.CacheDir)
+	case strings.ContainsFunc(dir, func(r rune) bool { return r < 0x20 || r == 0x7f }):
+		return fmt.Errorf("--cache-directory %q: must not contain control characters", dir)
+	}
+	return nil
 }

@@ -17,6 +17,9 @@ func TestOperatorCommandRefusesBadFlags(t *testing.T) {
 		"positional":         {[]string{"extra"}, "unknown command"},
 		"registry pattern":   {[]string{"--allowed-registries", "registry.example.com:99999"}, "--allowed-registries"},
 		"cluster CIDR":       {[]string{"--cluster-cidrs", "10.0.0.0"}, "--cluster-cidrs"},
+		"relative cache dir": {[]string{"--cache-directory", "wasme-cache"}, `--cache-directory "wasme-cache": must be an absolute path`},
+		"unclean cache dir":  {[]string{"--cache-directory", "/srv/../wasme/"}, `--cache-directory "/srv/../wasme/": must be a clean path`},
+		"root as cache dir":  {[]string{"--cache-directory", "/"}, `--cache-directory "/": must be a clean path`},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {

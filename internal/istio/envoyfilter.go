@@ -1,9 +1,11 @@
 package istio
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"maps"
+	"path"
 	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -84,10 +86,16 @@ type Filter struct {
 	Shape Shape
 	// Owner becomes the EnvoyFilter's controller; nil for none (wasme deploy).
 	Owner *metav1.OwnerReference
+	// CacheDir is the node cache's directory, mounted into the sidecars at the same path;
+	// empty means wasmev1.CacheDir.
+	CacheDir string
 }
 
-// ModulePath is where sidecars find a module on the node.
-func ModulePath(sha256Hex string) string { return wasmev1.CacheDir + "/" + sha256Hex }
+// ModulePath is where sidecars find a module on the node, in the cache directory cacheDir
+// (empty: wasmev1.CacheDir).
+func ModulePath(cacheDir, sha256Hex string) string {
+	return path.Join(cmp.Or(cacheDir, wasmev1.CacheDir), sha256Hex)
+}
 
 // BuildEnvoyFilter returns the EnvoyFilter that inserts the filter before the router of the
 // workload's HTTP connection managers. The filter config is built with Envoy's own types and
@@ -157,7 +165,7 @@ func WasmFilter(f Filter) (*wasmv3.Wasm, error) {
 			VmId:    f.ID,
 			Runtime: V8Runtime,
 			Code: &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{
-				Local: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: ModulePath(f.ModuleSHA256)}},
+				Local: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: ModulePath(f.CacheDir, f.ModuleSHA256)}},
 			}},
 		}},
 	}}

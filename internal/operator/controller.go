@@ -1,6 +1,7 @@
 package operator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -95,6 +96,9 @@ type FilterDeploymentReconciler struct {
 	// AllowInsecureRegistries allows imagePullOptions.plainHttp and insecureSkipVerify in
 	// every namespace, not only in those labelled AllowInsecureRegistriesLabel=true.
 	AllowInsecureRegistries bool
+	// CacheDir is the node cache's directory (the DaemonSet's hostPath), which the sidecars
+	// mount and the EnvoyFilters name; empty means wasmev1.CacheDir.
+	CacheDir string
 
 	images *imageCache
 
@@ -103,6 +107,8 @@ type FilterDeploymentReconciler struct {
 	watchMu             sync.Mutex
 	envoyFiltersWatched bool
 }
+
+func (r *FilterDeploymentReconciler) cacheDir() string { return cmp.Or(r.CacheDir, wasmev1.CacheDir) }
 
 // pass carries what the steps of one reconcile pass learned and later steps read.
 type pass struct {

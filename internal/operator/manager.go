@@ -48,6 +48,9 @@ type Options struct {
 	// AllowInsecureRegistries allows imagePullOptions.plainHttp and insecureSkipVerify in
 	// every namespace (otherwise only in namespaces labelled AllowInsecureRegistriesLabel).
 	AllowInsecureRegistries bool
+	// CacheDir is the node cache's directory, mounted into the sidecars at the same path;
+	// empty means wasmev1.CacheDir. It must be the wasme-cache DaemonSet's hostPath.
+	CacheDir string
 	// Images defaults to RegistryImages{} (with the default egress policy).
 	Images ImageSource
 	// Validate defaults to a validation child process per module (internal/validation), run
@@ -132,6 +135,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		CacheHeartbeatGrace: o.CacheHeartbeatGrace,
 
 		AllowInsecureRegistries: o.AllowInsecureRegistries,
+		CacheDir:                o.CacheDir,
 	}
 	ms, err := cacheprotocol.New(cacheprotocol.Options{
 		Client:         mgr.GetClient(),

@@ -218,3 +218,15 @@ func TestTruncate(t *testing.T) {
 		t.Fatalf("truncate = %q (%d bytes)", got, len(got))
 	}
 }
+
+// CacheVolumes gives the original's annotation values for the default directory, and the same
+// shape for another.
+func TestCacheVolumes(t *testing.T) {
+	if v, m := CacheVolumes(wasmev1.CacheDir); v != UserVolume || m != UserVolumeMount {
+		t.Errorf("default directory: %s %s", v, m)
+	}
+	v, m := CacheVolumes(`/srv/a "b"`)
+	if v != `[{"name":"cache-dir","hostPath":{"path":"/srv/a \"b\""}}]` || m != `[{"mountPath":"/srv/a \"b\"","name":"cache-dir","readOnly":true}]` {
+		t.Errorf("other directory: %s %s", v, m)
+	}
+}

@@ -37,8 +37,10 @@ import (
 const (
 	UserVolumeAnnotation      = "sidecar.istio.io/userVolume"
 	UserVolumeMountAnnotation = "sidecar.istio.io/userVolumeMount"
-	UserVolume                = `[{"name":"cache-dir","hostPath":{"path":"/var/local/lib/wasme-cache"}}]`
-	UserVolumeMount           = `[{"mountPath":"/var/local/lib/wasme-cache","name":"cache-dir","readOnly":true}]`
+	// UserVolume and UserVolumeMount are the values for the default cache directory
+	// (wasmev1.CacheDir); CacheVolumes gives them for another.
+	UserVolume      = `[{"name":"cache-dir","hostPath":{"path":"/var/local/lib/wasme-cache"}}]`
+	UserVolumeMount = `[{"mountPath":"/var/local/lib/wasme-cache","name":"cache-dir","readOnly":true}]`
 
 	// OriginalAnnotation, on a workload's own metadata (so writing it rolls nothing), records
 	// the user's values of the two sidecar annotations before wasme merged its volume in, as a
@@ -176,7 +178,7 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 					Name: envoyFilterName(fd, w), Namespace: fd.Namespace, WorkloadLabels: filterSelector(w),
 					ID: fd.FilterID(), RootID: fd.Status.RootID,
 					ModuleSHA256: strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:"),
-					Config:       cfg, Context: ctxName, Shape: p.shape, Owner: owner,
+					Config:       cfg, Context: ctxName, Shape: p.shape, Owner: owner, CacheDir: r.cacheDir(),
 				}, w)
 			}
 			return nil
@@ -339,7 +341,8 @@ func (r *FilterDeploymentReconciler) patchWorkload(ctx context.Context, w worklo
 		return err
 	}
 	want := map[string]string{}
-	for key, ours := range map[string]string{UserVolumeAnnotation: UserVolume, UserVolumeMountAnnotation: UserVolumeMount} {
+	volume, mount := CacheVolumes(r.cacheDir())
+	for key, ours := range map[string]string{UserVolumeAnnotation: volume, UserVolumeMountAnnotation: mount} {
 		v, err := mergeVolumes(orig[key], ours)
 		if err != nil {
 			return fmt.Errorf("annotation %s: %w", key, err)
@@ -355,6 +358,24 @@ func (r *FilterDeploymentReconciler) patchWorkload(ctx context.Context, w worklo
 	}
 	return r.applyWorkload(ctx, w, map[string]string{OriginalAnnotation: string(recorded)}, want,
 		map[string]string{CacheMountedLabel: "true"})
+}
+
+// CacheVolumes are the userVolume and userVolumeMount annotation values that mount the node
+// cache directory dir into the sidecar, read-only, at the same path.
+func CacheVolumes(dir string) (volume, mount string) {
+	type hostPath struct {
+		Path string `json:"path"`
+	}
+	v, _ := json.Marshal([]struct {
+		Name     string   `json:"name"`
+		HostPath hostPath `json:"hostPath"`
+	}{{Name: "cache-dir", HostPath: hostPath{Path: dir}}})
+	m, _ := json.Marshal([]struct {
+		MountPath string `json:"mountPath"`
+		Name      string `json:"name"`
+		ReadOnly  bool   `json:"readOnly"`
+	}{{MountPath: dir, Name: "cache-dir", ReadOnly: true}})
+	return string(v), string(m)
 }
 
 // releaseWorkload undoes patchWorkload: it applies the recorded user values alone, which

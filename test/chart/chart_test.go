@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/cli"
 	"wasme.io/wasme/internal/testing/testenv"
 	"wasme.io/wasme/internal/testing/tools"
@@ -233,7 +234,45 @@ func TestValues(t *testing.T) {
 				}
 			}},
 		{name: "bad log level", args: []string{"--set", "logLevel=loud"}, wantErr: `logLevel "loud": want debug, info, warn or error`},
-		{name: "cache directory other than the operator's", args: []string{"--set", "cache.directory=/data"}, wantErr: `cache.directory "/data"`},
+		{name: "cache directory", args: []string{"--set", "cache.directory=/srv/wasme/modules"},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				const dir = "/srv/wasme/modules"
+				if op := containerArgs(t, objs, "Deployment", "wasme-operator"); !slices.Contains(op, "--cache-directory="+dir) {
+					t.Errorf("operator args %v lack --cache-directory=%s", op, dir)
+				}
+				if ca := containerArgs(t, objs, "DaemonSet", "wasme-cache"); !slices.Contains(ca, "--directory="+dir) {
+					t.Errorf("cache args %v lack --directory=%s", ca, dir)
+				}
+				vols, _ := podField(t, objs, "DaemonSet", "wasme-cache", "volumes").([]any)
+				var hostPaths []string
+				for _, v := range vols {
+					if p, ok, _ := unstructured.NestedString(v.(map[string]any), "hostPath", "path"); ok {
+						hostPaths = append(hostPaths, p)
+					}
+				}
+				if !slices.Equal(hostPaths, []string{dir}) {
+					t.Errorf("DaemonSet hostPaths %v, want [%s]", hostPaths, dir)
+				}
+				c := podField(t, objs, "DaemonSet", "wasme-cache", "containers").([]any)[0].(map[string]any)
+				mounts, _, _ := unstructured.NestedSlice(c, "volumeMounts")
+				if m := mounts[0].(map[string]any); m["name"] != "cache-dir" || m["mountPath"] != dir {
+					t.Errorf("cache mount %v, want cache-dir at %s", m, dir)
+				}
+				for _, o := range objs {
+					if b, _ := json.Marshal(o.Object); bytes.Contains(b, []byte(wasmev1.CacheDir)) {
+						t.Errorf("%s still names the default directory %s", key(o), wasmev1.CacheDir)
+					}
+				}
+			}},
+		{name: "default cache directory: the operator's own default", check: func(t *testing.T, objs []*unstructured.Unstructured) {
+			for _, a := range containerArgs(t, objs, "Deployment", "wasme-operator") {
+				if strings.HasPrefix(a, "--cache-directory") {
+					t.Errorf("operator args carry %s for the default", a)
+				}
+			}
+		}},
+		{name: "relative cache directory", args: []string{"--set", "cache.directory=data"}, wantErr: `cache.directory "data": want an absolute, clean path`},
+		{name: "unclean cache directory", args: []string{"--set", "cache.directory=/srv/../data/"}, wantErr: `cache.directory "/srv/../data/": want an absolute`},
 		{name: "another namespace", ns: "platform",
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
 				if !slices.Contains(containerArgs(t, objs, "DaemonSet", "wasme-cache"), "--operator-url=http://wasme-operator.platform.svc:9980") {
@@ -313,7 +352,7 @@ func TestValues(t *testing.T) {
 // Every flag the chart can write is one the wasme binary takes: the chart's args, with every
 // optional flag on, parse as a command line of the CLI (--help stops before running).
 func TestArgsAreWasmeFlags(t *testing.T) {
-	objs, err := render(t, "platform", "--set", "cache.maxSize=2Gi,operator.maxModuleSize=64Mi,operator.resolveInterval=90s,logLevel=debug,logFormat=text")
+	objs, err := render(t, "platform", "--set", "cache.maxSize=2Gi,cache.directory=/srv/wasme,operator.maxModuleSize=64Mi,operator.resolveInterval=90s,logLevel=debug,logFormat=text")
 	if err != nil {
 		t.Fatal(err)
 	}
