@@ -2,9 +2,12 @@ package cli
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +32,7 @@ type cacheOptions struct {
 	maxSize       string
 	maxModuleSize string
 	kubeconfig    string
+	prepareOwner  string
 	log           logFlags
 }
 
@@ -49,6 +53,9 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
     --operator-url http://127.0.0.1:9980 --token-file ./token`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.prepareOwner != "" {
+				return prepareDirectory(o.directory, o.prepareOwner, s.out)
+			}
 			opts, err := o.daemonOptions()
 			if err != nil {
 				return err
@@ -84,8 +91,50 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
 	f.StringVar(&o.maxSize, "max-size", "0", `cap on the directory's size, such as 2Gi; unused modules are evicted first, modules in use never; "0" means no cap`)
 	f.StringVar(&o.maxModuleSize, "max-module-size", "256Mi", "largest module accepted")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; default: in-cluster config, then $KUBECONFIG, then ~/.kube/config")
+	f.StringVar(&o.prepareOwner, "prepare-directory", "", "UID:GID: create --directory if needed, hand it to UID:GID with mode 0755 and exit "+
+		"(the DaemonSet's init step, the only one run as root and with CAP_CHOWN alone, so the daemon itself runs as UID)")
 	o.log.bind(f)
 	return cmd
+}
+
+// prepareDirectory gives the cache directory (a hostPath kubelet creates root-owned) to the
+// non-root user the daemon runs as. Mode 0755: the sidecars, another user, read the modules.
+// It runs as root with CAP_CHOWN only, so the mode is set while root still owns the directory.
+func prepareDirectory(dir, owner string, out io.Writer) error {
+	us, gs, ok := strings.Cut(owner, ":")
+	uid, uerr := strconv.Atoi(us)
+	gid, gerr := strconv.Atoi(gs)
+	if !ok || uerr != nil || gerr != nil || uid < 0 || gid < 0 {
+		return fmt.Errorf("--prepare-directory %q: want UID:GID, such as 65532:65532", owner)
+	}
+	if dir == "" {
+		return fmt.Errorf("--directory must not be empty")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", dir, err)
+	}
+	st, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	sys, _ := st.Sys().(*syscall.Stat_t)
+	if sys != nil && int(sys.Uid) == uid && int(sys.Gid) == gid && st.Mode().Perm() == 0o755 {
+		fmt.Fprintf(out, "%s is owned by %d:%d already\n", dir, uid, gid)
+		return nil
+	}
+	if st.Mode().Perm() != 0o755 {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return fmt.Errorf("chmod 0755 %s: %w", dir, err)
+		}
+	}
+	if err := os.Lchown(dir, uid, gid); err != nil {
+		return fmt.Errorf("chown %d:%d %s (the init step needs CAP_CHOWN): %w", uid, gid, dir, err)
+	}
+	fmt.Fprintf(out, "%s is now owned by %d:%d\n", dir, uid, gid)
+	return nil
 }
 
 // daemonOptions checks the flags that need no cluster and turns them into daemon options.

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -57,4 +59,50 @@ current-context: x
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestPrepareDirectory is the DaemonSet's init step: the directory is created with mode 0755
+// and handed to the given owner (here the test's own user, which needs no CAP_CHOWN); bad
+// owners and a file in the directory's place are refused in one line.
+func TestPrepareDirectory(t *testing.T) {
+	root := t.TempDir()
+	uid, gid := os.Getuid(), os.Getgid()
+	owner := strconv.Itoa(uid) + ":" + strconv.Itoa(gid)
+	dir := filepath.Join(root, "a", "cache")
+	var out bytes.Buffer
+	if err := prepareDirectory(dir, owner, &out); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	if st.Mode().Perm() != 0o755 || int(sys.Uid) != uid || int(sys.Gid) != gid {
+		t.Fatalf("%s: mode %o owner %d:%d, want 755 %s", dir, st.Mode().Perm(), sys.Uid, sys.Gid, owner)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := prepareDirectory(dir, owner, &out); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(dir); st.Mode().Perm() != 0o755 {
+		t.Fatalf("mode %o after a second run, want 755", st.Mode().Perm())
+	}
+	file := filepath.Join(root, "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]struct{ dir, owner, want string }{
+		"no gid":       {dir, "65532", "want UID:GID"},
+		"negative":     {dir, "-1:0", "want UID:GID"},
+		"not a number": {dir, "nonroot:nonroot", "want UID:GID"},
+		"a file":       {file, owner, "not a directory"},
+	} {
+		err := prepareDirectory(c.dir, c.owner, &out)
+		if err == nil || !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: err = %v, want one line with %q", name, err, c.want)
+		}
+	}
 }
