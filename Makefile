@@ -71,8 +71,9 @@ verify: generate manifests build-installer tidy fmt vet ## Regenerate everything
 		echo "make verify: the tree is not clean after regeneration:"; git status --porcelain; git --no-pager diff --stat; exit 1; fi
 
 .PHONY: tools
-tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, registry, helm, oras, crane, controller-gen, kustomize) into the tool cache.
+tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, registry, helm, oras, crane, controller-gen, kustomize, the real node's kubelet, containerd, ...) into the tool cache.
 	hack/tools/build.sh etcd kube-apiserver istiod registry helm oras crane controller-gen kustomize >/dev/null
+	hack/tools/build.sh --node >/dev/null
 
 ##@ Build and test
 
@@ -89,13 +90,13 @@ image: ## Build the wasme image (OCI index, PLATFORMS); push to IMAGE, or write 
 	go run ./hack/image -platforms $(PLATFORMS) -version $(VERSION) $(if $(IMAGE),-push $(IMAGE)) -ref-file bin/wasme-image.ref
 
 .PHONY: test
-test: ## Run every test against a real kube-apiserver and etcd (test/e2e also against a real istiod; test/chart runs helm lint and helm template).
+test: ## Run every test against a real kube-apiserver and etcd (test/e2e also against a real istiod; test/chart runs helm lint and helm template; test/node on a real node: kubelet, containerd, runc, CNI, kube-proxy, as root).
 	@hack/prereqs.sh test
 	@assets=$$(hack/tools/build.sh --assets) && istiod=$$(hack/tools/build.sh istiod) && registry=$$(hack/tools/build.sh registry) && \
-	  helm=$$(hack/tools/build.sh helm) && \
-	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm" && \
-	  export KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm && \
-	  go test $(GO_TEST_FLAGS) ./... && \
+	  helm=$$(hack/tools/build.sh helm) && node=$$(hack/tools/build.sh --node) && \
+	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm WASME_NODE_TOOLS=$$node" && \
+	  export KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm WASME_NODE_TOOLS=$$node && \
+	  go test -timeout 30m $(GO_TEST_FLAGS) ./... && \
 	  cd test/interop/istio && go test $(GO_TEST_FLAGS) ./...
 
 FUZZTIME ?= 10s

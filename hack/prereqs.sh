@@ -18,21 +18,25 @@ problems=()
 # (measured cold on a shared two-core machine; a faster machine takes less).
 case "$target" in
   demo) tools=(etcd kube-apiserver istiod registry) ;;
-  test) tools=(etcd kube-apiserver istiod registry helm oras crane) ;;
+  test) tools=(etcd kube-apiserver istiod registry helm oras crane kubelet containerd) ;;
   bench) tools=(etcd kube-apiserver registry oras) ;;
-  ci) tools=(etcd kube-apiserver istiod registry helm oras crane controller-gen kustomize) ;;
-  realnode) tools=() ;;
+  ci) tools=(etcd kube-apiserver istiod registry helm oras crane controller-gen kustomize kubelet containerd) ;;
+  realnode) tools=(etcd kube-apiserver kubelet containerd) ;;
   *) echo "hack/prereqs.sh: unknown target $target (demo, test, bench, ci, realnode)" >&2; exit 2 ;;
 esac
 minutes_of() {
   case "$1" in
-    kube-apiserver) echo 6 ;; istiod) echo 8 ;; etcd | registry | helm) echo 3 ;; *) echo 1 ;;
+    kube-apiserver) echo 6 ;; istiod) echo 8 ;; etcd | registry | helm | containerd) echo 3 ;;
+    kubelet) echo 5 ;; # with kube-controller-manager, kube-scheduler, kube-proxy and kubectl
+    *) echo 1 ;;
   esac
 }
 
-# Debian packages: the real node's runtime pieces; the bench compares the node cache with nginx.
+# Debian packages: the real node's runtime pieces (test/node runs a kubelet; make test and CI
+# run it); the bench compares the node cache with nginx.
+node_pkgs=(runc containernetworking-plugins iptables conntrack)
 case "$target" in
-  realnode) apt_pkgs=(runc containernetworking-plugins iptables) ;;
+  realnode | test | ci) apt_pkgs=("${node_pkgs[@]}") ;;
   bench) apt_pkgs=(nginx) ;;
   *) apt_pkgs=() ;;
 esac

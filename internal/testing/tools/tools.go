@@ -27,6 +27,10 @@ const (
 	RegistryEnv = "WASME_TEST_REGISTRY"
 	// HelmEnv names the helm binary (hack/tools/build.sh helm).
 	HelmEnv = "WASME_HELM"
+	// NodeToolsEnv is the directory of the real node's binaries (hack/tools/build.sh --node:
+	// etcd, kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy,
+	// kubectl, containerd and its runc shim).
+	NodeToolsEnv = "WASME_NODE_TOOLS"
 )
 
 // RepoRoot is the root of this repository (the directory holding the main go.mod).
@@ -83,6 +87,9 @@ func Istiod(progress io.Writer) (string, error) { return FromEnv(progress, Istio
 
 // Assets is envtest's directory of etcd and kube-apiserver ($KUBEBUILDER_ASSETS or a build).
 func Assets(progress io.Writer) (string, error) { return FromEnv(progress, AssetsEnv, "--assets") }
+
+// NodeTools is the directory of the real node's binaries ($WASME_NODE_TOOLS or a build).
+func NodeTools(progress io.Writer) (string, error) { return FromEnv(progress, NodeToolsEnv, "--node") }
 
 // IstioDir is the source directory of the pinned istio.io/istio module (downloaded into the
 // module cache if needed).
