@@ -13,6 +13,7 @@ func newPullCmd(s streams) *cobra.Command {
 		reg   registryFlags
 		store storeFlag
 		out   outputFlag
+		prog  progressFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "pull NAME[:TAG|@DIGEST]",
@@ -35,7 +36,7 @@ digest, size limit, and a full compile with the proxy-wasm ABI export.`,
 			if err != nil {
 				return err
 			}
-			img, err := wasmimage.Pull(cmd.Context(), args[0], opts...)
+			img, err := wasmimage.Pull(cmd.Context(), args[0], append(opts, prog.option(cmd, s.errOut, "pulling")...)...)
 			if err != nil {
 				return err
 			}
@@ -57,5 +58,6 @@ digest, size limit, and a full compile with the proxy-wasm ABI export.`,
 	reg.bind(cmd)
 	store.bind(cmd)
 	out.bind(cmd)
+	prog.bind(cmd)
 	return cmd
 }

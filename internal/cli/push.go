@@ -15,6 +15,7 @@ func newPushCmd(s streams) *cobra.Command {
 		store  storeFlag
 		out    outputFlag
 		layout string
+		prog   progressFlag
 	)
 	cmd := &cobra.Command{
 		Use:   "push NAME:TAG",
@@ -56,6 +57,7 @@ CNCF Wasm artifact.`,
 			if _, err := wasmhost.CheckModule(cmd.Context(), module); err != nil {
 				return fmt.Errorf("push %s: %w", ref.Familiar(), err)
 			}
+			opts = append(opts, prog.option(cmd, s.errOut, "pushing")...)
 			res, err := wasmimage.Push(cmd.Context(), ref.String(), module, e.Config, append(opts, wasmimage.WithLayout(l))...)
 			if err != nil {
 				return err
@@ -74,6 +76,7 @@ CNCF Wasm artifact.`,
 	reg.bind(cmd)
 	store.bind(cmd)
 	out.bind(cmd)
+	prog.bind(cmd)
 	cmd.Flags().StringVar(&layout, "layout", "wasme", "image layout: wasme, compat, compat-docker or cncf")
 	return cmd
 }

@@ -46,6 +46,7 @@ type options struct {
 	transport     http.RoundTripper
 	userAgent     string
 	egress        *EgressPolicy
+	progress      Progress
 	err           error
 }
 

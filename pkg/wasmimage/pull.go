@@ -124,7 +124,7 @@ func pull(ctx context.Context, repo *remote.Repository, r Reference, o *options)
 	if plan.Module.Size > o.maxModuleSize {
 		return nil, fmt.Errorf("%w: module layer %s is %d bytes, limit %d", ErrTooLarge, plan.Module.Digest, plan.Module.Size, o.maxModuleSize)
 	}
-	layer, err := content.FetchAll(ctx, repo, plan.Module)
+	layer, err := fetchLayer(ctx, repo, plan.Module, o.progress)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/content/memory"
 )
@@ -58,7 +59,23 @@ func PushPacked(ctx context.Context, r Reference, p *Packed, opts ...Option) (*P
 	if err := src.Tag(ctx, p.ManifestDesc, r.Tag); err != nil {
 		return nil, err
 	}
-	desc, err := oras.Copy(ctx, src, r.Tag, repo, r.Tag, oras.CopyOptions{})
+	var from oras.ReadOnlyTarget = src
+	var copyOpts oras.CopyOptions
+	if o.progress != nil {
+		// Descs are config first, then the layers.
+		layers := map[digest.Digest]bool{}
+		for _, d := range p.Descs[1:] {
+			layers[d.Digest] = true
+		}
+		from = progressSource{Store: src, layers: layers, progress: o.progress}
+		copyOpts.OnCopySkipped = func(_ context.Context, d ocispec.Descriptor) error {
+			if layers[d.Digest] {
+				o.progress(d, d.Size)
+			}
+			return nil
+		}
+	}
+	desc, err := oras.Copy(ctx, from, r.Tag, repo, r.Tag, copyOpts)
 	if err != nil {
 		return nil, classify(r, "push", err)
 	}
