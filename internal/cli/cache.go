@@ -29,6 +29,8 @@ type cacheOptions struct {
 	operatorURL   string
 	tokenFile     string
 	gracePeriod   time.Duration
+	heartbeat     time.Duration
+	verify        time.Duration
 	maxSize       string
 	maxModuleSize string
 	kubeconfig    string
@@ -41,7 +43,7 @@ func newCacheCmd(s streams) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cache",
 		Short: "Run the node cache daemon (the wasme-cache DaemonSet)",
-		Long: `Run the node cache: it watches FilterDeployments, fetches each module their status names
+		Long: `Run the node cache: it watches the ModuleSet the operator writes, fetches each module it lists
 from the operator (authenticated with this pod's ServiceAccount token), verifies its sha256,
 stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it on
 /sha256/<hex> and /<hex>, and reports in the NodeCache named after the node.`,
@@ -88,6 +90,8 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
 	f.StringVar(&o.operatorURL, "operator-url", "http://wasme-operator.wasme.svc:9980", "base URL of the operator's module server")
 	f.StringVar(&o.tokenFile, "token-file", cacheprotocol.DefaultTokenFile, "ServiceAccount token presented to the operator, re-read on every fetch")
 	f.DurationVar(&o.gracePeriod, "grace-period", nodecache.DefaultGracePeriod, "how long a module no FilterDeployment names stays on disk")
+	f.DurationVar(&o.heartbeat, "heartbeat-interval", nodecache.DefaultHeartbeatInterval, "how often the NodeCache's status.heartbeatTime is renewed; keep it well under the operator's --cache-heartbeat-grace")
+	f.DurationVar(&o.verify, "verify-interval", nodecache.DefaultVerifyInterval, "how often every module file is hashed again (files that no longer match their name are removed)")
 	f.StringVar(&o.maxSize, "max-size", "0", `cap on the directory's size, such as 2Gi; unused modules are evicted first, modules in use never; "0" means no cap`)
 	f.StringVar(&o.maxModuleSize, "max-module-size", "256Mi", "largest module accepted")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; default: in-cluster config, then $KUBECONFIG, then ~/.kube/config")
@@ -152,6 +156,9 @@ func (o *cacheOptions) daemonOptions() (nodecache.Options, error) {
 	if o.port < 1 || o.port > 65535 {
 		return nodecache.Options{}, fmt.Errorf("--port %d: must be between 1 and 65535; the sidecars load modules from this server", o.port)
 	}
+	if o.heartbeat <= 0 || o.verify <= 0 {
+		return nodecache.Options{}, fmt.Errorf("--heartbeat-interval and --verify-interval must be more than 0")
+	}
 	if o.gracePeriod < 0 {
 		return nodecache.Options{}, fmt.Errorf("--grace-period %s: must not be negative", o.gracePeriod)
 	}
@@ -179,6 +186,7 @@ func (o *cacheOptions) daemonOptions() (nodecache.Options, error) {
 		Dir: o.directory, NodeName: o.nodeName, Source: src,
 		Addr:        net.JoinHostPort(o.bindHost, strconv.Itoa(o.port)),
 		GracePeriod: grace, MaxBytes: maxSize, MaxModuleBytes: maxModule,
+		HeartbeatInterval: o.heartbeat, VerifyInterval: o.verify,
 	}, nil
 }
 

@@ -27,6 +27,7 @@ type operatorOptions struct {
 	cacheUsers              []string
 	resolveInterval         time.Duration
 	cacheReportDelay        time.Duration
+	cacheHeartbeatGrace     time.Duration
 	caFile                  string
 	maxModuleSize           string
 	moduleStoreSize         string
@@ -79,6 +80,8 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 				return fmt.Errorf("--module-store-size %s must hold at least one module of --max-module-size %s", o.moduleStoreSize, o.maxModuleSize)
 			case o.validationTimeout <= 0:
 				return errors.New("--validation-timeout must be positive")
+			case o.cacheHeartbeatGrace <= 0:
+				return errors.New("--cache-heartbeat-grace must be positive")
 			case validationMemory < 64<<20:
 				return errors.New("--validation-memory must be at least 64Mi")
 			}
@@ -109,6 +112,7 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 				MetricsAddr: o.metricsAddr, ProbeAddr: o.probeAddr, ModuleAddr: o.moduleAddr,
 				LeaderElection: o.leaderElect, LeaderElectionNamespace: ns,
 				CacheUsers: o.cacheUsers, ResolveInterval: o.resolveInterval, CacheReportDelay: o.cacheReportDelay,
+				CacheHeartbeatGrace:     o.cacheHeartbeatGrace,
 				Images:                  operator.RegistryImages{Options: imgOpts, Egress: egress},
 				AllowInsecureRegistries: o.allowInsecure,
 				CacheDir:                o.cacheDir,
@@ -133,6 +137,7 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 	f.StringSliceVar(&o.cacheUsers, "cache-user", []string{cacheprotocol.DefaultAllowedUser}, "user names (ServiceAccounts) allowed to fetch modules")
 	f.DurationVar(&o.resolveInterval, "resolve-interval", 5*time.Minute, "how often image tags are resolved again, so a re-pushed tag rolls out")
 	f.DurationVar(&o.cacheReportDelay, "cache-report-delay", time.Second, "node cache reports within this time cause one pass (and status write) per FilterDeployment; negative: one pass per report")
+	f.DurationVar(&o.cacheHeartbeatGrace, "cache-heartbeat-grace", operator.DefaultCacheHeartbeatGrace, "a node cache whose heartbeat is older than this stops counting as ready (keep it above two of the caches' --heartbeat-interval)")
 	f.StringVar(&o.caFile, "registry-ca-file", "", "PEM file of extra CAs trusted for registries")
 	f.StringVar(&o.maxModuleSize, "max-module-size", quantity(cacheprotocol.DefaultMaxModuleBytes), "largest module accepted, a quantity such as 64Mi (at most 256Mi)")
 	f.StringVar(&o.moduleStoreSize, "module-store-size", quantity(cacheprotocol.DefaultMaxStoreBytes), "modules the operator keeps in memory for validation and the node caches, a quantity such as 1Gi")
