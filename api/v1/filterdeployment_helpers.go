@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -154,4 +155,20 @@ func (f *FilterSpec) decodeConfig() (FilterConfig, error) {
 	}
 	return FilterConfig{}, fmt.Errorf("spec.filter.config: unsupported \"@type\" %q, must be one of %s, %s, %s",
 		typeURL, StringValueType, BytesValueType, StructType)
+}
+
+// NeededDigests is the sorted union of status.moduleDigest (the module being rolled out) and
+// status.deployedModuleDigest (the one the proxies load now) over fds: both must stay on
+// every node during a rollout. Malformed digests are left out.
+func NeededDigests(fds []FilterDeployment) []string {
+	var out []string
+	for i := range fds {
+		for _, d := range []string{fds[i].Status.ModuleDigest, fds[i].Status.DeployedModuleDigest} {
+			if _, err := ModuleDigestHex(d); err == nil {
+				out = append(out, d)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }

@@ -19,10 +19,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/kube"
 )
 
 // Defaults for Options.
@@ -59,12 +60,12 @@ type Options struct {
 	Source Source
 	// Addr is where modules, /metrics, /healthz and /readyz are served. Empty means DefaultAddr.
 	Addr string
-	// GracePeriod is how long a module no FilterDeployment names stays on disk, so proxies
+	// GracePeriod is how long a module the ModuleSet no longer lists stays on disk, so proxies
 	// still loading it during a roll-out find it. Zero means DefaultGracePeriod; negative
 	// removes such modules at once.
 	GracePeriod time.Duration
 	// MaxBytes caps the directory's size; over it, least recently used modules that no
-	// FilterDeployment names go first, before their grace period ends. Modules in use are
+	// the ModuleSet lists go first, before their grace period ends. Modules in use are
 	// never evicted, so the directory can exceed the cap. Zero means no cap.
 	MaxBytes int64
 	// MaxModuleBytes is the largest module accepted. Zero means DefaultMaxModuleBytes.
@@ -86,17 +87,20 @@ type Options struct {
 	Log logr.Logger
 }
 
-// Daemon is one node's module cache: it watches FilterDeployments, keeps the modules their
-// status names on disk, serves them to the node's proxies and reports in NodeCache/<node>.
+// Daemon is one node's module cache: it watches the ModuleSet, keeps the modules it lists on
+// disk, serves them to the node's proxies and reports in NodeCache/<node>.
 type Daemon struct {
 	opts    Options
 	scheme  *k8sruntime.Scheme
 	metrics *metrics
 	store   *Store
 	client  client.Client
-	fds     cache.Cache
+	// moduleSet caches ModuleSet/cluster, the digests the node needs.
+	moduleSet cache.Cache
 
-	fetches    singleflight.Group
+	fetches singleflight.Group
+	// runCtx ends when the daemon stops; downloads run under it (see fetchOnce).
+	runCtx     context.Context
 	syncKick   chan struct{}
 	reportKick chan struct{}
 	workersWG  sync.WaitGroup
@@ -122,7 +126,7 @@ type module struct {
 	size    int64
 	message string
 	since   metav1.Time
-	// unneededSince is when the last FilterDeployment naming it moved on; zero while named.
+	// unneededSince is when the ModuleSet stopped listing it; zero while listed.
 	unneededSince time.Time
 }
 
@@ -177,11 +181,8 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registering metrics: %w", err)
 	}
-	scheme := k8sruntime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := wasmev1.AddToScheme(scheme); err != nil {
+	scheme, err := kube.Scheme()
+	if err != nil {
 		return nil, err
 	}
 	return &Daemon{
@@ -201,8 +202,8 @@ func (d *Daemon) Addr() string {
 	return a
 }
 
-// Run rebuilds the store from the directory, starts watching FilterDeployments and serving,
-// reports Ready, and keeps the directory in line with the FilterDeployments until ctx ends.
+// Run rebuilds the store from the directory, starts watching the ModuleSet and serving,
+// reports Ready, and keeps the directory in line with the ModuleSet until ctx ends.
 // It then reports Ready=False, so the operator stops waiting for this node.
 func (d *Daemon) Run(ctx context.Context) error {
 	log := d.opts.Log
@@ -246,7 +247,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.applyObject(ctx); err != nil {
 		return err
 	}
-	if err := d.watchFilterDeployments(ctx); err != nil {
+	if err := d.watchModuleSet(ctx); err != nil {
 		return err
 	}
 
@@ -262,6 +263,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	workCtx, stopWork := context.WithCancel(ctx)
 	defer stopWork()
+	d.runCtx = workCtx
 	reportDone := make(chan struct{})
 	go func() { defer close(reportDone); d.reportLoop(workCtx) }()
 	verifyDone := make(chan struct{})
@@ -325,16 +327,24 @@ func (d *Daemon) lookUpNode(ctx context.Context) error {
 	return nil
 }
 
-// watchFilterDeployments starts an informer on FilterDeployments whose every event asks for a
-// sync, so a new module digest is seen within the watch latency, with no polling.
-func (d *Daemon) watchFilterDeployments(ctx context.Context) error {
-	c, err := cache.New(d.opts.Config, cache.Options{Scheme: d.scheme, DefaultTransform: cache.TransformStripManagedFields()})
+// watchModuleSet starts an informer on ModuleSet/cluster, the operator's list of needed
+// digests, whose every event asks for a sync: a new module is seen within the watch latency,
+// with no polling, and none of the many FilterDeployment status writes of a rollout reaches
+// the node.
+func (d *Daemon) watchModuleSet(ctx context.Context) error {
+	c, err := cache.New(d.opts.Config, cache.Options{
+		Scheme:           d.scheme,
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&wasmev1.ModuleSet{}: {Field: fields.OneTermEqualSelector("metadata.name", wasmev1.ModuleSetName)},
+		},
+	})
 	if err != nil {
-		return fmt.Errorf("creating the FilterDeployment cache: %w", err)
+		return fmt.Errorf("creating the ModuleSet cache: %w", err)
 	}
-	inf, err := c.GetInformer(ctx, &wasmev1.FilterDeployment{})
+	inf, err := c.GetInformer(ctx, &wasmev1.ModuleSet{})
 	if err != nil {
-		return fmt.Errorf("watching FilterDeployments: %w", err)
+		return fmt.Errorf("watching the ModuleSet: %w", err)
 	}
 	kick := func(any) { d.kick(d.syncKick) }
 	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
@@ -342,20 +352,20 @@ func (d *Daemon) watchFilterDeployments(ctx context.Context) error {
 		UpdateFunc: func(_, obj any) { kick(obj) },
 		DeleteFunc: kick,
 	}); err != nil {
-		return fmt.Errorf("watching FilterDeployments: %w", err)
+		return fmt.Errorf("watching the ModuleSet: %w", err)
 	}
 	go func() {
 		if err := c.Start(ctx); err != nil {
-			d.opts.Log.Error(err, "FilterDeployment cache stopped")
+			d.opts.Log.Error(err, "ModuleSet cache stopped")
 		}
 	}()
 	if !c.WaitForCacheSync(ctx) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return errors.New("the FilterDeployment cache did not sync")
+		return errors.New("the ModuleSet cache did not sync")
 	}
-	d.fds = c
+	d.moduleSet = c
 	return nil
 }
 
@@ -366,39 +376,37 @@ func (d *Daemon) kick(ch chan struct{}) {
 	}
 }
 
-// neededDigests returns the hex digests that FilterDeployments name: status.moduleDigest, the
-// module being rolled out, and status.deployedModuleDigest, the one Envoy loads now. Both stay
-// on disk, so a running filter's file never goes away during a rollout.
-func (d *Daemon) neededDigests(ctx context.Context) (map[string]bool, error) {
-	var list wasmev1.FilterDeploymentList
-	if err := d.fds.List(ctx, &list); err != nil {
-		return nil, fmt.Errorf("listing FilterDeployments: %w", err)
+// neededDigests returns the hex digests the ModuleSet lists. Without a ModuleSet (the
+// operator has not written one yet, or it was deleted and not yet restored) nothing is known
+// to be unneeded: known is false and the directory is kept as it is.
+func (d *Daemon) neededDigests(ctx context.Context) (needed map[string]bool, known bool, err error) {
+	var set wasmev1.ModuleSet
+	switch err := d.moduleSet.Get(ctx, client.ObjectKey{Name: wasmev1.ModuleSetName}, &set); {
+	case apierrors.IsNotFound(err):
+		return nil, false, nil
+	case err != nil:
+		return nil, false, fmt.Errorf("reading the ModuleSet: %w", err)
 	}
-	needed := map[string]bool{}
-	for _, fd := range list.Items {
-		for _, digest := range []string{fd.Status.ModuleDigest, fd.Status.DeployedModuleDigest} {
-			if digest == "" {
-				continue
-			}
-			h, err := wasmev1.ModuleDigestHex(digest)
-			if err != nil {
-				d.opts.Log.Info("ignoring a FilterDeployment's module digest", "filterDeployment", fd.Namespace+"/"+fd.Name, "reason", err.Error())
-				continue
-			}
-			needed[h] = true
+	needed = map[string]bool{}
+	for _, digest := range set.Spec.Digests {
+		h, err := wasmev1.ModuleDigestHex(digest)
+		if err != nil {
+			d.opts.Log.Info("ignoring a digest of the ModuleSet", "digest", digest, "reason", err.Error())
+			continue
 		}
+		needed[h] = true
 	}
-	return needed, nil
+	return needed, true, nil
 }
 
-// sync brings the directory in line with the FilterDeployments: it starts a fetch for every
+// sync brings the directory in line with the ModuleSet: it starts a fetch for every
 // needed module not on disk, stops fetches no longer needed, and removes unneeded modules
 // whose grace period ended or that the size cap pushes out. It returns when the next grace
 // period ends (zero if none runs).
 func (d *Daemon) sync(ctx context.Context) time.Time {
-	needed, err := d.neededDigests(ctx)
+	needed, known, err := d.neededDigests(ctx)
 	if err != nil {
-		// The informer's list cannot fail short of a bug; keep what we have.
+		// The informer's cache cannot fail short of a bug; keep what we have.
 		d.opts.Log.Error(err, "sync")
 		return time.Time{}
 	}
@@ -433,7 +441,7 @@ func (d *Daemon) sync(ctx context.Context) time.Time {
 		}
 	}
 	for h, m := range d.modules {
-		if needed[h] {
+		if needed[h] || !known {
 			continue
 		}
 		if w, ok := d.workers[h]; ok {
@@ -589,14 +597,17 @@ func (d *Daemon) fetchLoop(ctx context.Context, h string, w *worker) {
 }
 
 // fetchOnce fetches, verifies and stores one module. Concurrent calls for one digest share a
-// single download.
+// single download, which runs under the daemon's own context rather than the first caller's:
+// a worker cancelled because the module stopped being needed must not hand its successor
+// (the module needed again a moment later) a "context canceled" as the download's result,
+// which would report the module Failed and record a Warning for nothing.
 func (d *Daemon) fetchOnce(ctx context.Context, h string) (int64, error) {
 	ch := d.fetches.DoChan(h, func() (any, error) {
 		if size, ok := d.store.Has(h); ok {
 			return size, nil
 		}
 		start := time.Now()
-		size, result, err := d.download(ctx, h)
+		size, result, err := d.download(d.runCtx, h)
 		d.metrics.fetchDuration.Observe(time.Since(start).Seconds())
 		d.metrics.fetches.WithLabelValues(result).Inc()
 		return size, err

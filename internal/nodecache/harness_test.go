@@ -61,6 +61,7 @@ type operator struct {
 func startOperator(t *testing.T) *operator {
 	t.Helper()
 	ns := env.Namespace(t)
+	startModuleSetController(t)
 	op := &operator{ns: ns, fetches: map[string]int{}}
 	op.tokenFile = filepath.Join(t.TempDir(), "token")
 	writeToken(t, op.tokenFile, serviceAccountToken(t, ns, "wasme-cache"))

@@ -11,6 +11,7 @@ package operator
 // +kubebuilder:rbac:groups=wasme.io,resources=filterdeployments/status,verbs=get;patch;update
 // +kubebuilder:rbac:groups=wasme.io,resources=filterdeployments/finalizers,verbs=update
 // +kubebuilder:rbac:groups=wasme.io,resources=nodecaches,verbs=get;list;watch
+// +kubebuilder:rbac:groups=wasme.io,resources=modulesets,verbs=get;list;watch;create;patch;update
 // +kubebuilder:rbac:groups=apps,resources=deployments;daemonsets;statefulsets,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=networking.istio.io,resources=envoyfilters,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
