@@ -73,9 +73,15 @@ func TestQuick(t *testing.T) {
 		case 6:
 			positive("filter rps", row.Values["filter"].(map[string]any)["rps"])
 			positive("no-filter rps", row.Values["no_filter"].(map[string]any)["rps"])
+		case 7:
+			for _, c := range []string{"before", "after"} {
+				v := row.Values[c].(map[string]any)
+				positive(c+" fd_writes", v["fd_writes"])
+				positive(c+" node_watch_events", v["node_watch_events"])
+			}
 		}
 	}
-	for r := 1; r <= 6; r++ {
+	for r := 1; r <= 7; r++ {
 		if seen[r] == 0 {
 			t.Errorf("no row %d", r)
 		}

@@ -87,6 +87,13 @@ func (c *clusterRows) run(ctx context.Context) error {
 			return err
 		}
 	}
+	// Last: it stops the real node caches.
+	if c.cfg.wants(7) {
+		c.current = 7
+		if err := c.fanoutRow(ctx); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -177,6 +177,11 @@ func (e *env) ensureNamespace(ctx context.Context, name string) error {
 
 // startOperator runs the operator with its ServiceAccount's config, every API request counted.
 func (e *env) startOperator(ctx context.Context, resolveInterval time.Duration) error {
+	return e.startOperatorWith(ctx, resolveInterval, 0)
+}
+
+// startOperatorWith is startOperator with the operator's --cache-report-delay.
+func (e *env) startOperatorWith(ctx context.Context, resolveInterval, cacheReportDelay time.Duration) error {
 	if e.op != nil {
 		_ = e.op.Stop()
 		e.op = nil
@@ -186,8 +191,9 @@ func (e *env) startOperator(ctx context.Context, resolveInterval time.Duration) 
 	op, err := components.StartOperator(ctx, components.OperatorOptions{
 		Config: cfg, Scheme: e.kube.Scheme,
 		// The same module address across restarts: the node caches keep their source URL.
-		ModuleAddr:      e.moduleAddr,
-		ResolveInterval: resolveInterval,
+		ModuleAddr:       e.moduleAddr,
+		ResolveInterval:  resolveInterval,
+		CacheReportDelay: cacheReportDelay,
 		// The bench registry is on loopback over plain HTTP, which the defaults refuse.
 		Images:                  operator.RegistryImages{Egress: loopbackEgress},
 		AllowInsecureRegistries: true,

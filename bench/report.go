@@ -45,7 +45,7 @@ type Machine struct {
 
 // Row is one line of the table: wasme's figure next to its comparison, measured in the same run.
 type Row struct {
-	// Row is the issue's row number (1-6); Name and Case say what was measured.
+	// Row is the issue's row number (1-7); Name and Case say what was measured.
 	Row  int    `json:"row"`
 	Name string `json:"name"`
 	Case string `json:"case"`

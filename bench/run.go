@@ -50,6 +50,8 @@ type Config struct {
 	// FilterConcurrency and FilterFor are row 6's clients and duration.
 	FilterConcurrency []int
 	FilterFor         time.Duration
+	// FanoutNodes simulated node caches watch one rollout over FanoutWorkloads workloads (row 7).
+	FanoutNodes, FanoutWorkloads int
 	// Wasme is the wasme binary (rows 2, 4, 5); empty builds one into the work directory.
 	Wasme string
 	// Rows limits the run to these row numbers; empty means all.
@@ -75,6 +77,8 @@ func Full() Config {
 		ServeFor:          4 * time.Second,
 		FilterConcurrency: []int{1, 16},
 		FilterFor:         4 * time.Second,
+		FanoutNodes:       100,
+		FanoutWorkloads:   10,
 	}
 }
 
@@ -96,6 +100,8 @@ func Quick() Config {
 		ServeFor:          200 * time.Millisecond,
 		FilterConcurrency: []int{2},
 		FilterFor:         200 * time.Millisecond,
+		FanoutNodes:       5,
+		FanoutWorkloads:   2,
 	}
 }
 
@@ -148,7 +154,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.wants(1) || cfg.wants(2) || cfg.wants(3) || cfg.wants(5) {
+	if cfg.wants(1) || cfg.wants(2) || cfg.wants(3) || cfg.wants(5) || cfg.wants(7) {
 		e, err := startEnv(ctx, dir, module, cfg.Progress)
 		if err != nil {
 			return nil, err

@@ -38,6 +38,8 @@ type OperatorOptions struct {
 	ModuleAddr string
 	// ResolveInterval is how often tags are resolved again; 0 means an hour.
 	ResolveInterval time.Duration
+	// CacheReportDelay is the operator's --cache-report-delay; 0 means its default.
+	CacheReportDelay time.Duration
 	// Images pulls modules (CA, plain HTTP options, the egress policy: its default refuses
 	// loopback registries).
 	Images operator.RegistryImages
@@ -84,6 +86,7 @@ func StartOperator(ctx context.Context, o OperatorOptions) (*Operator, error) {
 		op.done <- operator.Run(runCtx, o.Config, operator.Options{
 			MetricsAddr: "0", ProbeAddr: "0", ModuleAddr: addr,
 			ResolveInterval:         o.ResolveInterval,
+			CacheReportDelay:        o.CacheReportDelay,
 			Images:                  o.Images,
 			AllowInsecureRegistries: o.AllowInsecureRegistries,
 			Scheme:                  o.Scheme,
