@@ -33,8 +33,10 @@ type ModuleSet struct {
 	// +optional
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
-	// spec is the operator's list.
+	// spec is the operator's list. Server-side apply turns an emptied spec into null, which
+	// means no module is needed.
 	// +optional
+	// +nullable
 	Spec ModuleSetSpec `json:"spec,omitempty"`
 }
 

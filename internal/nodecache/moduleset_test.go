@@ -2,14 +2,17 @@ package nodecache
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/go-logr/logr/testr"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -44,6 +47,20 @@ func startModuleSetController(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Errorf("ModuleSet controller: %v", err)
 		}
+	})
+	// An earlier test's controller may have stopped before it saw that test's FilterDeployments
+	// go; start from a ModuleSet that lists what exists now, so no daemon chases their modules.
+	waitFor(t, "the ModuleSet to list the current FilterDeployments' modules", func() (bool, string) {
+		var fds wasmev1.FilterDeploymentList
+		if err := env.Client.List(context.Background(), &fds); err != nil {
+			return false, err.Error()
+		}
+		var set wasmev1.ModuleSet
+		if err := env.Client.Get(context.Background(), client.ObjectKey{Name: wasmev1.ModuleSetName}, &set); err != nil {
+			return false, err.Error()
+		}
+		want := wasmev1.NeededDigests(fds.Items)
+		return slices.Equal(set.Spec.Digests, want), fmt.Sprintf("digests %v, want %v", set.Spec.Digests, want)
 	})
 }
 

@@ -8,6 +8,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -15,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	wasmev1 "wasme.io/wasme/api/v1"
 )
@@ -39,6 +41,12 @@ func (r *ModuleSetReconciler) SetupWithManager(mgr manager.Manager) error {
 		Named("moduleset").
 		For(&wasmev1.ModuleSet{}).
 		Watches(&wasmev1.FilterDeployment{}, toSet, ctrl.WithPredicates(digestsChanged{})).
+		// Once at start: a cluster without FilterDeployments gets its (empty) ModuleSet too,
+		// which tells the node caches that nothing is needed.
+		WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+			q.Add(moduleSetKey)
+			return nil
+		})).
 		Complete(r)
 }
 
@@ -58,15 +66,19 @@ func (r *ModuleSetReconciler) Reconcile(ctx context.Context, _ reconcile.Request
 	case equality.Semantic.DeepEqual(cur.Spec.Digests, want) || len(cur.Spec.Digests) == 0 && len(want) == 0:
 		return reconcile.Result{}, nil
 	}
-	digests := make([]any, len(want))
-	for i, d := range want {
-		digests[i] = d
+	spec := map[string]any{}
+	if len(want) > 0 {
+		digests := make([]any, len(want))
+		for i, d := range want {
+			digests[i] = d
+		}
+		spec["digests"] = digests
 	}
 	set := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": wasmev1.GroupVersion.String(),
 		"kind":       "ModuleSet",
 		"metadata":   map[string]any{"name": wasmev1.ModuleSetName},
-		"spec":       map[string]any{"digests": digests},
+		"spec":       spec,
 	}}
 	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(set),
 		client.FieldOwner(wasmev1.OperatorFieldManager), client.ForceOwnership); err != nil {

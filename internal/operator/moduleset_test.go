@@ -82,6 +82,14 @@ func TestModuleSetFollowsFilterDeployments(t *testing.T) {
 		got := moduleSet(cl)
 		return slices.Equal(got, digests[1:]), fmt.Sprintf("digests %v, want %v", got, digests[1:])
 	})
+	// And the last: an empty list, which node caches read as "nothing is needed".
+	if err := cl.c.Delete(context.Background(), cl.fd(ns, "second")); err != nil {
+		t.Fatal(err)
+	}
+	cl.eventually("the ModuleSet to be empty", func() (bool, string) {
+		got := moduleSet(cl)
+		return len(got) == 0, fmt.Sprintf("digests %v", got)
+	})
 }
 
 func moduleSet(cl *cluster) []string {
