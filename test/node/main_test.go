@@ -49,6 +49,9 @@ func sharedNode(t *testing.T) *node.Node {
 }
 
 func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(childNode())
+	}
 	code := m.Run()
 	// A test that failed before TestTeardown ran still leaves nothing behind.
 	if shared != nil {

@@ -153,6 +153,14 @@ func TestTeardown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if p := leftovers(before, after, dir); p != "" {
+		t.Fatalf("the node left things behind:%s", p)
+	}
+}
+
+// leftovers is what after has of a node that before had not, and the node's processes and
+// directory; empty when nothing is left.
+func leftovers(before, after *hostState, dir string) string {
 	var problems strings.Builder
 	problems.WriteString(diff("mounts", before.mounts, after.mounts))
 	problems.WriteString(diff("network namespaces", before.netns, after.netns))
@@ -168,7 +176,5 @@ func TestTeardown(t *testing.T) {
 	if _, err := os.Stat(dir); err == nil {
 		fmt.Fprintf(&problems, "\nthe node's directory %s is still there", dir)
 	}
-	if problems.Len() > 0 {
-		t.Fatalf("the node left things behind:%s", problems.String())
-	}
+	return problems.String()
 }

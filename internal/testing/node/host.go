@@ -194,8 +194,12 @@ func teardown(s *state) error {
 			errs = append(errs, fmt.Errorf("ip netns delete %s: %v: %s", netnsName, err, out))
 		}
 	}
+	// The veth goes with the namespace, a moment later; one whose peer moved nowhere is deleted.
+	for deadline := time.Now().Add(5 * time.Second); exists("/sys/class/net/"+hostVeth) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if exists("/sys/class/net/" + hostVeth) {
-		if out, err := exec.Command("ip", "link", "delete", hostVeth).CombinedOutput(); err != nil {
+		if out, err := exec.Command("ip", "link", "delete", hostVeth).CombinedOutput(); err != nil && exists("/sys/class/net/"+hostVeth) {
 			errs = append(errs, fmt.Errorf("ip link delete %s: %v: %s", hostVeth, err, out))
 		}
 	}
