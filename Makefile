@@ -108,6 +108,7 @@ fuzz: ## Run each fuzz target briefly (FUZZTIME, default 10s) beyond its seed co
 .PHONY: demo
 demo: ## The seed walkthrough on a local control plane (etcd, kube-apiserver, istiod, registry, wasme); KEEP=1 keeps it up.
 	@hack/prereqs.sh demo
+	@echo ">> demo: on the simulated node (pods are objects, no kubelet): the walkthrough on the real node needs Istio's injector and pilot-agent in pods, not done yet; test/node runs wasme on a real node"
 	@echo ">> then: etcd, kube-apiserver, istiod, the registry, the wasme operator and 2 node caches on 127.0.0.1, the seed walkthrough (about a minute)"
 	@echo ">> compiling hack/demo (a minute the first time)"
 	@go run ./hack/demo $(if $(KEEP),--keep)
