@@ -36,8 +36,8 @@ const (
 
 // Options configure a Server. Client and Authenticator are required.
 type Options struct {
-	// Client reads FilterDeployments; the manager's cached client is the right one, since every
-	// request lists them to check that the digest is in use.
+	// Client reads FilterDeployments through the indexes of IndexFilterDeployments (the
+	// manager's cached client), since every request checks that its digest is in use.
 	Client client.Reader
 	// Authenticator turns a caller's bearer token into a user name; see NewTokenReviewAuthenticator.
 	Authenticator Authenticator
@@ -288,23 +288,24 @@ func (s *Server) authenticate(r *http.Request) (int, string) {
 // filterDeploymentsNaming reports whether any FilterDeployment names digest in
 // status.moduleDigest or status.deployedModuleDigest, and returns those whose moduleDigest is
 // digest (their status.imageDigest leads to it), ordered by namespace and name so retries try
-// them in a stable order.
+// them in a stable order. It reads the indexes of IndexFilterDeployments.
 func (s *Server) filterDeploymentsNaming(ctx context.Context, digest string) (fetchable []*wasmev1.FilterDeployment, named bool, err error) {
-	var list wasmev1.FilterDeploymentList
-	if err := s.opts.Client.List(ctx, &list); err != nil {
+	var rolling, deployed wasmev1.FilterDeploymentList
+	if err := s.opts.Client.List(ctx, &rolling, client.MatchingFields{ModuleDigestIndex: digest}); err != nil {
 		return nil, false, fmt.Errorf("listing FilterDeployments: %w", err)
 	}
-	for i := range list.Items {
-		st := &list.Items[i].Status
-		if st.ModuleDigest == digest {
-			fetchable = append(fetchable, &list.Items[i])
+	for i := range rolling.Items {
+		fetchable = append(fetchable, &rolling.Items[i])
+	}
+	if len(fetchable) == 0 {
+		if err := s.opts.Client.List(ctx, &deployed, client.MatchingFields{DeployedModuleDigestIndex: digest}); err != nil {
+			return nil, false, fmt.Errorf("listing FilterDeployments: %w", err)
 		}
-		named = named || st.ModuleDigest == digest || st.DeployedModuleDigest == digest
 	}
 	slices.SortFunc(fetchable, func(a, b *wasmev1.FilterDeployment) int {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
-	return fetchable, named, nil
+	return fetchable, len(fetchable) > 0 || len(deployed.Items) > 0, nil
 }
 
 // fetch pulls a module this replica does not hold, once per digest however many nodes ask at

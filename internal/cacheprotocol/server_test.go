@@ -98,7 +98,7 @@ func TestServer(t *testing.T) {
 	var fetches sync.Map // FilterDeployment name -> *atomic.Int32
 	release := make(chan struct{})
 	srv, err := cacheprotocol.New(cacheprotocol.Options{
-		Client:        env.Client,
+		Client:        env.IndexedReader(t, cacheprotocol.IndexFilterDeployments),
 		Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0),
 		AllowedUsers:  []string{"system:serviceaccount:" + ns + ":wasme-cache"},
 		Registerer:    prometheus.NewRegistry(),
@@ -275,7 +275,7 @@ func TestNewRefusesIncompleteOptions(t *testing.T) {
 
 func TestPut(t *testing.T) {
 	srv, err := cacheprotocol.New(cacheprotocol.Options{
-		Client: env.Client, Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0),
+		Client: env.IndexedReader(t, cacheprotocol.IndexFilterDeployments), Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0),
 		Registerer: prometheus.NewRegistry(), MaxModuleBytes: 16,
 	})
 	if err != nil {

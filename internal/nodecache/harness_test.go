@@ -67,7 +67,7 @@ func startOperator(t *testing.T) *operator {
 	writeToken(t, op.tokenFile, serviceAccountToken(t, ns, "wasme-cache"))
 	var err error
 	op.srv, err = cacheprotocol.New(cacheprotocol.Options{
-		Client:        env.Client,
+		Client:        env.IndexedReader(t, cacheprotocol.IndexFilterDeployments),
 		Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, time.Minute),
 		AllowedUsers:  []string{"system:serviceaccount:" + ns + ":wasme-cache"},
 		Registerer:    prometheus.NewRegistry(),

@@ -137,6 +137,9 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		AllowInsecureRegistries: o.AllowInsecureRegistries,
 		CacheDir:                o.CacheDir,
 	}
+	if err := cacheprotocol.IndexFilterDeployments(ctx, mgr.GetFieldIndexer()); err != nil {
+		return err
+	}
 	ms, err := cacheprotocol.New(cacheprotocol.Options{
 		Client:         mgr.GetClient(),
 		Authenticator:  cacheprotocol.NewTokenReviewAuthenticator(mgr.GetClient(), time.Minute),

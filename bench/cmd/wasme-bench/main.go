@@ -46,8 +46,8 @@ func main() {
 			continue
 		}
 		n, err := strconv.Atoi(r)
-		if err != nil || n < 1 || n > 6 {
-			fmt.Fprintf(os.Stderr, "wasme-bench: -rows: %q is not a row number 1-6\n", r)
+		if err != nil || n < 1 || n > 7 {
+			fmt.Fprintf(os.Stderr, "wasme-bench: -rows: %q is not a row number 1-7\n", r)
 			os.Exit(2)
 		}
 		cfg.Rows = append(cfg.Rows, n)

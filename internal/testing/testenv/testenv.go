@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -364,4 +365,29 @@ func (e *Env) Kubeconfig(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// IndexedReader is a cache of the API server, as an operator's manager reads it, with the
+// field indexes that index registers; it runs until the test ends.
+func (e *Env) IndexedReader(t testing.TB, index func(context.Context, client.FieldIndexer) error) client.Reader {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	c, err := cache.New(e.Config, cache.Options{Scheme: e.Scheme})
+	if err != nil {
+		cancel()
+		t.Fatalf("creating a cache: %v", err)
+	}
+	if err := index(ctx, c); err != nil {
+		cancel()
+		t.Fatalf("indexing: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("cache: %v", err)
+		}
+	})
+	return c
 }
