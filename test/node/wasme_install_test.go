@@ -215,6 +215,21 @@ func TestInstall(t *testing.T) {
 		}
 	}
 
+	all, err := n.Clientset.CoreV1().Pods("wasme").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range all.Items {
+		// Each pod authenticates with its own ServiceAccount's projected token.
+		want := "wasme-" + strings.TrimPrefix(p.Labels["app"], "wasme-")
+		token := false
+		for _, v := range p.Spec.Volumes {
+			token = token || (v.Projected != nil && strings.HasPrefix(v.Name, "kube-api-access-"))
+		}
+		if p.Spec.ServiceAccountName != want || !token {
+			t.Errorf("pod %s runs as ServiceAccount %q (want %q), projected token volume %v", p.Name, p.Spec.ServiceAccountName, want, token)
+		}
+	}
 	pods, err := n.Clientset.CoreV1().Pods("wasme").List(ctx, metav1.ListOptions{LabelSelector: "app=wasme-operator"})
 	if err != nil || len(pods.Items) != 1 {
 		t.Fatalf("operator pods: %v %d", err, len(pods.Items))

@@ -31,7 +31,7 @@ const bookinfo = "bookinfo"
 type rollout struct {
 	replicaSets map[string]string // name → pod-template-hash
 	pods        map[string]string // pod UID → pod-template-hash
-	annotated   int               // pods carrying the node cache's sidecar volume annotation
+	annotated   int               // pods carrying the seed's sidecar volume and volume mount annotations
 }
 
 func observe(t *testing.T, n *node.Node, app string) rollout {
@@ -55,7 +55,9 @@ func observe(t *testing.T, n *node.Node, app string) rollout {
 			continue
 		}
 		r.pods[string(p.UID)] = p.Labels[appsv1.DefaultDeploymentUniqueLabelKey]
-		if _, ok := p.Annotations["sidecar.istio.io/userVolume"]; ok {
+		_, vol := p.Annotations["sidecar.istio.io/userVolume"]
+		_, mount := p.Annotations["sidecar.istio.io/userVolumeMount"]
+		if vol && mount {
 			r.annotated++
 		}
 	}
