@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 )
 
@@ -26,6 +28,8 @@ func TestSizeFlagsAreQuantities(t *testing.T) {
 		"cache log format":     {[]string{"cache", "--node-name", "n", "--log-format", "xml"}, `--log-format "xml": want json or text`},
 		"pull negative size":   {[]string{"pull", "registry.example.com/f:v1", "--max-size", "-1Mi"}, `--max-size "-1Mi": must not be negative`},
 		"pull size not a size": {[]string{"pull", "registry.example.com/f:v1", "--max-size", "10 MB"}, `--max-size "10 MB"`},
+		"run memory in MiB":    {[]string{"run", "f.wasm", "--upstream", "http://127.0.0.1:1", "--memory-limit", "128"}, "--memory-limit 128: want at least 1Mi"},
+		"run memory word":      {[]string{"run", "f.wasm", "--upstream", "http://127.0.0.1:1", "--memory-limit", "lots"}, `--memory-limit "lots": want a size`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
@@ -154,5 +158,47 @@ func TestVersionOutput(t *testing.T) {
 	}
 	if want := "wasme " + Version + " (commit " + fromJSON.Commit + ", " + runtime.Version(); !strings.HasPrefix(table.String(), want) || strings.Count(table.String(), "\n") != 1 {
 		t.Errorf("version table %q, want one line starting %q", table.String(), want)
+	}
+}
+
+// Every size flag of every verb is a Kubernetes quantity (a string whose default parses as
+// one) and every time flag a Go duration, so no verb takes bytes, MiB or seconds as numbers.
+func TestSizesAndDurationsConvention(t *testing.T) {
+	isSize := func(name string) bool {
+		return strings.Contains(name, "size") || strings.Contains(name, "memory")
+	}
+	isTime := func(name string) bool {
+		for _, w := range []string{"timeout", "interval", "period", "delay", "wait", "grace"} {
+			if strings.Contains(name, w) {
+				return true
+			}
+		}
+		return false
+	}
+	var sizes, times int
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+		c.LocalFlags().VisitAll(func(f *pflag.Flag) {
+			switch {
+			case isSize(f.Name):
+				sizes++
+				if _, err := resource.ParseQuantity(f.DefValue); f.Value.Type() != "string" || err != nil {
+					t.Errorf("%s --%s: type %s, default %q; want a quantity", c.CommandPath(), f.Name, f.Value.Type(), f.DefValue)
+				}
+			case isTime(f.Name):
+				times++
+				if f.Value.Type() != "duration" {
+					t.Errorf("%s --%s: type %s, want a duration", c.CommandPath(), f.Name, f.Value.Type())
+				}
+			}
+		})
+	}
+	walk(NewRootCmd(streams{}))
+	// The walk saw the flags it is about (operator, cache, push, pull, run).
+	if sizes < 8 || times < 6 {
+		t.Errorf("found %d size and %d time flags; the walk missed some", sizes, times)
 	}
 }

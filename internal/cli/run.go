@@ -31,7 +31,7 @@ type runOptions struct {
 	failOpen    bool
 	logLevel    string
 	callTimeout time.Duration
-	memoryMiB   uint64
+	memoryLimit string
 	plainHTTP   bool
 	insecure    bool
 	pull        string
@@ -56,6 +56,9 @@ used. Ctrl-C stops it.`,
   wasme run registry.example/filters/custom-header:v0.1 --upstream http://127.0.0.1:9080 --listen 127.0.0.1:8081`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := o.memoryBytes(); err != nil {
+				return err
+			}
 			return runFilter(cmd.Context(), s, args[0], o)
 		},
 	}
@@ -69,7 +72,7 @@ used. Ctrl-C stops it.`,
 	f.BoolVar(&o.failOpen, "fail-open", false, "let requests through when the filter fails (default: answer 503)")
 	f.StringVar(&o.logLevel, "log-level", "info", "lowest filter log level shown: trace, debug, info, warn, error, critical")
 	f.DurationVar(&o.callTimeout, "call-timeout", wasmhost.DefaultCallTimeout, "longest a single filter callback may run")
-	f.Uint64Var(&o.memoryMiB, "memory-limit", wasmhost.DefaultMemoryLimit>>20, "memory limit per filter instance, in MiB")
+	f.StringVar(&o.memoryLimit, "memory-limit", quantity(int64(wasmhost.DefaultMemoryLimit)), "memory limit per filter instance, a quantity such as 128Mi (at least 1Mi)")
 	f.BoolVar(&o.plainHTTP, "plain-http", false, "pull the image over plain HTTP")
 	f.BoolVar(&o.insecure, "insecure-skip-verify", false, "accept any TLS certificate from the registry")
 	f.StringVar(&o.pull, "pull", "missing", "when to pull the image: missing (not in the local store), always, never")
@@ -153,6 +156,10 @@ func newRunHandler(ctx context.Context, module []byte, name string, o runOptions
 			return nil, nil, err
 		}
 	}
+	memory, err := o.memoryBytes()
+	if err != nil {
+		return nil, nil, err
+	}
 	p, err := wasmhost.NewPlugin(ctx, wasmhost.PluginConfig{
 		Module:        module,
 		Name:          name,
@@ -161,7 +168,7 @@ func newRunHandler(ctx context.Context, module []byte, name string, o runOptions
 		Configuration: config,
 		FailOpen:      o.failOpen,
 		CallTimeout:   o.callTimeout,
-		MemoryLimit:   o.memoryMiB << 20,
+		MemoryLimit:   memory,
 		Logger:        log,
 		LogLevel:      level,
 	})
@@ -228,4 +235,17 @@ func runFilter(ctx context.Context, s streams, arg string, o runOptions) error {
 	}
 	fmt.Fprintln(s.out, "Stopped.")
 	return nil
+}
+
+// memoryBytes is --memory-limit in bytes. A bare number was MiB before sizes became
+// quantities; below 1Mi it is refused rather than read as a few bytes.
+func (o runOptions) memoryBytes() (uint64, error) {
+	n, err := parseSize("--memory-limit", o.memoryLimit)
+	if err != nil {
+		return 0, err
+	}
+	if n < 1<<20 {
+		return 0, fmt.Errorf("--memory-limit %s: want at least 1Mi, a quantity such as 128Mi", o.memoryLimit)
+	}
+	return uint64(n), nil
 }

@@ -193,7 +193,7 @@ func BenchmarkFilterOverhead(b *testing.B) {
 	up := upstream(b)
 	module := wasmbuild.ExampleT(b, "custom-header")
 	log := slog.New(slog.DiscardHandler)
-	o := runOptions{upstream: up.URL, callTimeout: wasmhost.DefaultCallTimeout, memoryMiB: 128, rootID: "add_header"}
+	o := runOptions{upstream: up.URL, callTimeout: wasmhost.DefaultCallTimeout, memoryLimit: "128Mi", rootID: "add_header"}
 	filtered, p, err := newRunHandler(context.Background(), module, "custom-header", o, log, wasmhost.LogInfo)
 	if err != nil {
 		b.Fatal(err)
