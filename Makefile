@@ -60,19 +60,23 @@ vet: ## Run go vet (the main module, the wasip1 example filters, the Istio inter
 	cd examples/filters && GOOS=wasip1 GOARCH=wasm go vet ./...
 	cd test/interop/istio && go vet ./...
 
+.PHONY: lint
+lint: ## Run golangci-lint (pinned in hack/tools/golangci-lint; .golangci.yml says which linters and why).
+	$(call TOOL,golangci-lint) run ./...
+
 .PHONY: tidy
 tidy: ## Tidy go.mod of the main module and of each tool module.
 	go mod tidy
 	for d in hack/tools/*/ test/interop/istio/ examples/filters/; do (cd $$d && go mod tidy); done
 
 .PHONY: verify
-verify: generate manifests build-installer tidy fmt vet ## Regenerate everything and fail if the tree changed.
+verify: generate manifests build-installer tidy fmt vet lint ## Regenerate everything and fail if the tree changed.
 	@if [ -n "$$(git status --porcelain)" ]; then \
 		echo "make verify: the tree is not clean after regeneration:"; git status --porcelain; git --no-pager diff --stat; exit 1; fi
 
 .PHONY: tools
-tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, registry, helm, oras, crane, controller-gen, kustomize, the real node's kubelet, containerd, ...) into the tool cache.
-	hack/tools/build.sh etcd kube-apiserver istiod registry helm oras crane controller-gen kustomize >/dev/null
+tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, registry, helm, oras, crane, controller-gen, kustomize, golangci-lint, the real node's kubelet, containerd, ...) into the tool cache.
+	hack/tools/build.sh etcd kube-apiserver istiod registry helm oras crane controller-gen kustomize golangci-lint >/dev/null
 	hack/tools/build.sh --node >/dev/null
 
 ##@ Build and test

@@ -145,7 +145,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cmd := exec.Command("go", "build", "-o", cfg.Wasme, "./cmd/wasme")
 		cmd.Dir = tools.RepoRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("building wasme: %v\n%s", err, out)
+			return nil, fmt.Errorf("building wasme: %w\n%s", err, out)
 		}
 	}
 

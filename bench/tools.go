@@ -51,7 +51,7 @@ func timed(ctx context.Context, dir string, env []string, bin string, args ...st
 	err := cmd.Run()
 	d := time.Since(start)
 	if err != nil {
-		return 0, fmt.Errorf("%s %s: %v\n%s", filepath.Base(bin), strings.Join(args, " "), err, out.String())
+		return 0, fmt.Errorf("%s %s: %w\n%s", filepath.Base(bin), strings.Join(args, " "), err, out.String())
 	}
 	return d, nil
 }
@@ -273,10 +273,10 @@ func (l load) String() string {
 
 func (l load) check(what string) error {
 	if l.Requests == 0 {
-		return fmt.Errorf("%s: no request succeeded (%d errors, first: %v)", what, l.Errors, l.firstErr)
+		return fmt.Errorf("%s: no request succeeded (%d errors, first: %w)", what, l.Errors, l.firstErr)
 	}
 	if l.Errors > 0 {
-		return fmt.Errorf("%s: %d failed requests, first: %v", what, l.Errors, l.firstErr)
+		return fmt.Errorf("%s: %d failed requests, first: %w", what, l.Errors, l.firstErr)
 	}
 	return nil
 }

@@ -245,7 +245,3 @@ type FilterDeploymentList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []FilterDeployment `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&FilterDeployment{}, &FilterDeploymentList{})
-}

@@ -6,17 +6,26 @@
 package v1
 
 import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"sigs.k8s.io/controller-runtime/pkg/scheme"
 )
 
 var (
 	// GroupVersion is the group and version of this API.
 	GroupVersion = schema.GroupVersion{Group: "wasme.io", Version: "v1"}
 
-	// SchemeBuilder registers this API's types with a runtime.Scheme.
-	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+	// SchemeBuilder registers this API's types with a runtime.Scheme. It is apimachinery's
+	// builder rather than controller-runtime's (deprecated), so importing the API does not
+	// import controller-runtime.
+	SchemeBuilder = runtime.NewSchemeBuilder(addKnownTypes)
 
 	// AddToScheme adds this API's types to a runtime.Scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
 )
+
+func addKnownTypes(s *runtime.Scheme) error {
+	s.AddKnownTypes(GroupVersion, &FilterDeployment{}, &FilterDeploymentList{}, &NodeCache{}, &NodeCacheList{}, &ModuleSet{}, &ModuleSetList{})
+	metav1.AddToGroupVersion(s, GroupVersion)
+	return nil
+}

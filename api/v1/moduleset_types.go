@@ -49,7 +49,3 @@ type ModuleSetList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []ModuleSet `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&ModuleSet{}, &ModuleSetList{})
-}

@@ -93,7 +93,3 @@ type NodeCacheList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []NodeCache `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&NodeCache{}, &NodeCacheList{})
-}

@@ -74,7 +74,7 @@ func run(keep bool, dir string) error {
 	if err != nil {
 		return fmt.Errorf("%w\n(logs in %s: istiod/istiod.log, operator.log, nodes/*/cache.log)", err, c.Dir)
 	}
-	defer res.Sidecar.Close()
+	defer res.Sidecar.Close() //nolint:errcheck // stopping the proxy on the way out; its log has what went wrong
 	if !keep {
 		fmt.Printf("\n==> demo done in %s (make demo KEEP=1 keeps it running)\n", time.Since(began).Round(100*time.Millisecond))
 		return nil

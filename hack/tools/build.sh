@@ -37,6 +37,7 @@ crane                    crane           github.com/google/go-containerregistry/
 kustomize                kustomize       sigs.k8s.io/kustomize/kustomize/v5
 registry                 registry        github.com/distribution/distribution/v3/cmd/registry
 helm                     helm            helm.sh/helm/v3/cmd/helm
+golangci-lint            golangci-lint   github.com/golangci/golangci-lint/v2/cmd/golangci-lint
 '
 
 # The tools a real node runs (internal/testing/node), --node links them into one directory.

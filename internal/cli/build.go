@@ -90,7 +90,7 @@ func newBuildLangCmd(s streams, lang, short string, build buildSource) *cobra.Co
 			}
 			module, err := os.ReadFile(dst)
 			if err != nil {
-				return fmt.Errorf("build %s: the toolchain wrote no module: %v", lang, err)
+				return fmt.Errorf("build %s: the toolchain wrote no module: %w", lang, err)
 			}
 			return storeBuilt(cmd.Context(), s, &f, module)
 		},
@@ -109,7 +109,7 @@ func newBuildPrecompiledCmd(s streams) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			module, err := os.ReadFile(args[0])
 			if err != nil {
-				return fmt.Errorf("build precompiled: %v", err)
+				return fmt.Errorf("build precompiled: %w", err)
 			}
 			return storeBuilt(cmd.Context(), s, &f, module)
 		},
@@ -141,7 +141,7 @@ func storeBuilt(ctx context.Context, s streams, f *buildFlags, module []byte) er
 	if f.configFile != "" {
 		b, err := os.ReadFile(f.configFile)
 		if err != nil {
-			return fmt.Errorf("runtime config: %v", err)
+			return fmt.Errorf("runtime config: %w", err)
 		}
 		if cfg, err = wasmimage.ParseRuntimeConfig(b); err != nil {
 			return fmt.Errorf("%s: %w", f.configFile, err)
@@ -195,7 +195,7 @@ func runTool(ctx context.Context, lang, dir string, stderr io.Writer, env []stri
 		if errors.Is(ctx.Err(), context.Canceled) {
 			return ctx.Err()
 		}
-		return fmt.Errorf("build %s: %s %s failed: %v", lang, name, strings.Join(args, " "), err)
+		return fmt.Errorf("build %s: %s %s failed: %w", lang, name, strings.Join(args, " "), err)
 	}
 	return nil
 }

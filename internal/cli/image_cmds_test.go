@@ -214,12 +214,14 @@ func TestImageCommandsRejectBadInput(t *testing.T) {
 	if err := json.Unmarshal([]byte(list), &entries); err != nil || len(entries) != 2 {
 		t.Errorf("store after failures holds %s (%v), want only f:v1 and nomem:v1", list, err)
 	}
-	filepath.WalkDir(store, func(p string, d os.DirEntry, err error) error {
+	if err := filepath.WalkDir(store, func(p string, d os.DirEntry, err error) error {
 		if err == nil && strings.HasPrefix(d.Name(), ".tmp") {
 			t.Errorf("temporary file left in the store: %s", p)
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Error(err)
+	}
 }
 
 // TestInitTemplateMatchesExample keeps wasme init's embedded project in step with

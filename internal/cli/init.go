@@ -59,16 +59,16 @@ project is a working filter: it adds the response header "hello: world!", config
 			if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
 				return fmt.Errorf("init: %s exists and is not empty", dir)
 			} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("init: %v", err)
+				return fmt.Errorf("init: %w", err)
 			}
 			// Write into a sibling temp dir and rename, so a failure leaves no half project.
 			parent := filepath.Dir(filepath.Clean(dir))
 			if err := os.MkdirAll(parent, 0o755); err != nil {
-				return fmt.Errorf("init: %v", err)
+				return fmt.Errorf("init: %w", err)
 			}
 			tmp, err := os.MkdirTemp(parent, ".wasme-init-")
 			if err != nil {
-				return fmt.Errorf("init: %v", err)
+				return fmt.Errorf("init: %w", err)
 			}
 			defer os.RemoveAll(tmp)
 			files := map[string]string{
@@ -115,7 +115,7 @@ project is a working filter: it adds the response header "hello: world!", config
 			}
 			_ = os.Remove(dir) // an empty existing dir; rename needs the name free
 			if err := os.Rename(tmp, dir); err != nil {
-				return fmt.Errorf("init: %v", err)
+				return fmt.Errorf("init: %w", err)
 			}
 			if language == "assemblyscript" {
 				_, err = fmt.Fprintf(s.out, "Created an AssemblyScript filter (root id %s) in %s\nBuild it: wasme build assemblyscript %s -t NAME:TAG\n", rootID, dir, dir)

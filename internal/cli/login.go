@@ -48,7 +48,7 @@ docker's own config.json.`,
 			path := reg.credentialsPath()
 			store, err := credentials.NewStore(path, credentials.StoreOptions{AllowPlaintextPut: true})
 			if err != nil {
-				return fmt.Errorf("login: credentials file %s: %v", path, err)
+				return fmt.Errorf("login: credentials file %s: %w", path, err)
 			}
 			r, err := wasmimage.Registry(server,
 				wasmimage.WithPlainHTTP(reg.plainHTTP),
@@ -56,7 +56,7 @@ docker's own config.json.`,
 				wasmimage.WithCAFile(reg.caFile),
 				wasmimage.WithRetries(2))
 			if err != nil {
-				return fmt.Errorf("login: %v", err)
+				return fmt.Errorf("login: %w", err)
 			}
 			cred := auth.Credential{Username: reg.username, Password: reg.password}
 			if err := credentials.Login(cmd.Context(), store, r, cred); err != nil {

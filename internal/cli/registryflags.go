@@ -63,7 +63,7 @@ func (f *registryFlags) readPassword(in io.Reader) error {
 	}
 	line, err := bufio.NewReader(in).ReadString('\n')
 	if err != nil && err != io.EOF {
-		return fmt.Errorf("reading the password from stdin: %v", err)
+		return fmt.Errorf("reading the password from stdin: %w", err)
 	}
 	f.password = strings.TrimRight(line, "\r\n")
 	f.passwordStdin = false

@@ -30,7 +30,7 @@ func customHeaderFile(tb testing.TB) string {
 func upstream(tb testing.TB) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Upstream", "yes")
-		io.WriteString(w, "details of "+r.URL.Path)
+		_, _ = io.WriteString(w, "details of "+r.URL.Path)
 	}))
 	tb.Cleanup(srv.Close)
 	return srv
@@ -53,7 +53,7 @@ func startRunLine(t *testing.T, args ...string) (addr string, stop func() (strin
 		cmd := NewRootCmd(streams{out: pw, errOut: io.Discard})
 		cmd.SetArgs(append([]string{"run"}, args...))
 		err := cmd.ExecuteContext(ctx)
-		pw.Close()
+		_ = pw.Close() // never fails
 		errc <- err
 	}()
 	br := bufio.NewReader(pr)
@@ -215,8 +215,11 @@ func benchProxy(b *testing.B, h http.Handler) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		io.Copy(io.Discard, resp.Body)
+		_, err = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
 		if resp.StatusCode != http.StatusOK {
 			b.Fatalf("status %d", resp.StatusCode)
 		}

@@ -89,7 +89,7 @@ func runNPM(ctx context.Context, npm, dir string, log io.Writer, env []string, a
 		if ctx.Err() != nil {
 			return tail.Bytes(), ctx.Err()
 		}
-		return tail.Bytes(), fmt.Errorf("npm %s failed (%v): %s", strings.Join(args, " "), err, lastLine(tail.Bytes()))
+		return tail.Bytes(), fmt.Errorf("npm %s failed (%w): %s", strings.Join(args, " "), err, lastLine(tail.Bytes()))
 	}
 	return tail.Bytes(), nil
 }

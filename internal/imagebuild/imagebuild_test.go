@@ -89,7 +89,7 @@ func TestWasmeImage(t *testing.T) {
 				t.Errorf("%s: label %s = %q, want %q", desc.Platform, k, got, want)
 			}
 		}
-		if !cf.Created.Time.Equal(created) {
+		if !cf.Created.Equal(created) {
 			t.Errorf("%s: created %s, want the commit time %s", desc.Platform, cf.Created.Time, created)
 		}
 		if len(cf.Config.Entrypoint) != 1 || cf.Config.Entrypoint[0] != "/wasme" {

@@ -69,7 +69,7 @@ func (d *Daemon) serveModule(w http.ResponseWriter, r *http.Request) int {
 		http.Error(w, "cannot read the module", http.StatusInternalServerError)
 		return http.StatusInternalServerError
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened for reading
 	w.Header().Set("Content-Type", "application/wasm")
 	w.Header().Set("ETag", `"sha256:`+h+`"`)
 	rec := &countingWriter{ResponseWriter: w, code: http.StatusOK}

@@ -114,7 +114,7 @@ func verifyFile(path, hexDigest string) (int64, bool, error) {
 	if err != nil {
 		return 0, false, fmt.Errorf("verifying %s: %w", hexDigest, err)
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened for reading
 	h := sha256.New()
 	n, err := io.Copy(h, f)
 	if err != nil {
@@ -244,7 +244,7 @@ func syncDir(dir string) error {
 	if err != nil {
 		return fmt.Errorf("syncing the cache directory: %w", err)
 	}
-	defer d.Close()
+	defer d.Close() //nolint:errcheck // the Sync below is what can fail
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("syncing the cache directory: %w", err)
 	}

@@ -222,8 +222,8 @@ func (r *FilterDeploymentReconciler) summarize(ctx context.Context, orig, fd *wa
 	}
 	st.WorkloadsReady = fmt.Sprintf("%d/%d", ok, total)
 
-	switch {
-	case o.reason == "":
+	switch o.reason {
+	case "":
 		st.Reason = ""
 		apimeta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: wasmev1.ReadyCondition, Status: metav1.ConditionTrue,
 			Reason: wasmev1.SucceededReason, Message: fmt.Sprintf("filter on %d/%d workloads", ok, total), ObservedGeneration: gen})

@@ -3,6 +3,7 @@ package operator
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -91,7 +92,8 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		}
 		o.Validate = func(ctx context.Context, module []byte, rootID string, config []byte) error {
 			err := runner.Validate(ctx, module, rootID, config)
-			if _, limit := err.(*validation.LimitError); err != nil && !limit {
+			var le *validation.LimitError
+			if err != nil && !errors.As(err, &le) {
 				return fmt.Errorf("the filter refused to start: %w", err)
 			}
 			return err

@@ -176,10 +176,11 @@ func TestOutcomeOf(t *testing.T) {
 	}
 	// Failures are retried with backoff: the error goes back to the work queue.
 	g := failed("F", boom)
-	if o := outcomeOf(stepResult{time.Minute}, g); o.reason != "F" || o.retErr != g || o.handled || o.requeueAfter != 0 {
+	// Identity, not errors.Is: the step's error must reach the work queue as it is.
+	if o := outcomeOf(stepResult{time.Minute}, g); o.reason != "F" || o.retErr != g || o.handled || o.requeueAfter != 0 { //nolint:errorlint // identity, see above
 		t.Fatalf("failed: %+v", o)
 	}
-	if o := outcomeOf(stepResult{}, boom); o.reason != wasmev1.ProgressingReason || o.retErr != boom {
+	if o := outcomeOf(stepResult{}, boom); o.reason != wasmev1.ProgressingReason || o.retErr != boom { //nolint:errorlint // identity, see above
 		t.Fatalf("plain error: %+v", o)
 	}
 }

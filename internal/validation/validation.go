@@ -240,7 +240,7 @@ func (r *Runner) run(ctx context.Context, module []byte, rootID string, config [
 		res.Limit = "cpu"
 		res.Err = fmt.Errorf("validation used its CPU limit of %ds and was stopped", l.cpuSeconds())
 	default:
-		res.Err = fmt.Errorf("validation process failed (%v): %s", runErr, truncate(firstLine(errText), 512))
+		res.Err = fmt.Errorf("validation process failed (%w): %s", runErr, truncate(firstLine(errText), 512))
 	}
 	return res
 }
@@ -366,7 +366,7 @@ func closeInheritedFiles() {
 		}
 		flags, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_GETFD, 0)
 		if errno == 0 && flags&syscall.FD_CLOEXEC == 0 {
-			syscall.Close(fd)
+			_ = syscall.Close(fd) // best effort: an fd that will not close is the kernel's
 		}
 	}
 }

@@ -515,7 +515,9 @@ func TestHostFunctionConformance(t *testing.T) {
 		{"metric id out of bounds", "proxy_define_metric", args(func(e *abiEnv) []uint32 { p, n := e.str("m"); return []uint32{metricCounter, p, n, bad} }), StatusInvalidMemoryAccess, nil},
 		{"metric value out of bounds", "proxy_get_metric", args(func(e *abiEnv) []uint32 {
 			p, n := e.str("c")
-			e.call("proxy_define_metric", metricCounter, p, n, e.ret)
+			if st, err := e.call("proxy_define_metric", metricCounter, p, n, e.ret); err != nil || st != StatusOK {
+				e.t.Fatalf("defining the metric: %v %v", st, err)
+			}
 			return []uint32{e.u32(e.ret), bad}
 		}), StatusInvalidMemoryAccess, nil},
 		// Timers: exports.cc set_tick_period_milliseconds, always OK; 0 stops the timer.

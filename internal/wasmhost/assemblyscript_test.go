@@ -24,7 +24,7 @@ func TestAssemblyScriptSeedFilter(t *testing.T) {
 	upstream := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", "12")
 		if r.Method != http.MethodHead {
-			io.WriteString(w, "details: 123")
+			_, _ = io.WriteString(w, "details: 123")
 		}
 	})
 	for _, tc := range []struct {

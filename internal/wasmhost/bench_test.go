@@ -9,7 +9,7 @@ import (
 // BenchmarkWrap measures the filter's cost per request without any network: the same handler
 // called directly and behind custom-header.
 func BenchmarkWrap(b *testing.B) {
-	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
+	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok")) })
 	p, _ := newPlugin(b, PluginConfig{Module: customHeader(b), RootID: "add_header", PoolSize: 1})
 	for _, bc := range []struct {
 		name string

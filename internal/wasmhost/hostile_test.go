@@ -70,7 +70,7 @@ func TestTrappingTick(t *testing.T) {
 	}
 	defer p.Close(context.Background())
 	time.Sleep(50 * time.Millisecond) // dozens of 1 ms ticks
-	srv := httptest.NewServer(p.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "upstream") })))
+	srv := httptest.NewServer(p.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "upstream") })))
 	defer srv.Close()
 	resp, err := http.Get(srv.URL)
 	if err != nil {

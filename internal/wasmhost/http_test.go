@@ -14,7 +14,7 @@ func upstreamHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Upstream", "yes")
 		w.Header().Set("Content-Type", "text/plain")
-		io.WriteString(w, "upstream saw "+r.Method+" "+r.URL.RequestURI())
+		_, _ = io.WriteString(w, "upstream saw "+r.Method+" "+r.URL.RequestURI())
 	})
 }
 
@@ -151,9 +151,9 @@ func TestContentLength(t *testing.T) {
 			w.Header().Set("Content-Length", "12")
 		}
 		if r.Method != http.MethodHead {
-			io.WriteString(w, "details: ")
+			_, _ = io.WriteString(w, "details: ")
 			w.(http.Flusher).Flush()
-			io.WriteString(w, "123")
+			_, _ = io.WriteString(w, "123")
 		}
 	})
 	srv := httptest.NewServer(p.Wrap(flushable(upstream)))

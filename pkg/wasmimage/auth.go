@@ -18,7 +18,7 @@ import (
 func CredentialStoreFromDockerConfigJSON(data []byte) (credentials.Store, error) {
 	var probe map[string]json.RawMessage
 	if err := json.Unmarshal(data, &probe); err != nil {
-		return nil, fmt.Errorf("docker config JSON: %v", err)
+		return nil, fmt.Errorf("docker config JSON: %w", err)
 	}
 	if _, ok := probe["auths"]; !ok {
 		wrapped, err := json.Marshal(map[string]map[string]json.RawMessage{"auths": probe})
@@ -29,7 +29,7 @@ func CredentialStoreFromDockerConfigJSON(data []byte) (credentials.Store, error)
 	}
 	s, err := credentials.NewMemoryStoreFromDockerConfig(data)
 	if err != nil {
-		return nil, fmt.Errorf("docker config JSON: %v", err)
+		return nil, fmt.Errorf("docker config JSON: %w", err)
 	}
 	return hostAliasStore{s}, nil
 }

@@ -45,7 +45,7 @@ func (c RuntimeConfig) MarshalJSON() ([]byte, error) {
 func (c *RuntimeConfig) UnmarshalJSON(b []byte) error {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
-		return fmt.Errorf("runtime config: %v", err)
+		return fmt.Errorf("runtime config: %w", err)
 	}
 	var out RuntimeConfig
 	for k, v := range raw {
@@ -75,7 +75,7 @@ func (c *RuntimeConfig) UnmarshalJSON(b []byte) error {
 			err = fmt.Errorf("unknown field %q", k)
 		}
 		if err != nil {
-			return fmt.Errorf("runtime config: field %s: %v", k, err)
+			return fmt.Errorf("runtime config: field %s: %w", k, err)
 		}
 	}
 	*c = out

@@ -92,8 +92,7 @@ func TestCredentialsStayWithTheirHost(t *testing.T) {
 
 	t.Run("realm on the registry's own host", func(t *testing.T) {
 		var own authLog
-		var proxy *registry.Proxy
-		proxy = realmRegistry(t, regA, func(h string) string { return "http://" + h + "/token" })
+		proxy := realmRegistry(t, regA, func(h string) string { return "http://" + h + "/token" })
 		fault := func(w http.ResponseWriter, r *http.Request) bool {
 			if r.URL.Path == "/token" {
 				own.add(r)

@@ -91,7 +91,7 @@ func NewEgressPolicy(patterns, internalCIDRs []string) (*EgressPolicy, error) {
 	for _, c := range internalCIDRs {
 		pfx, err := netip.ParsePrefix(strings.TrimSpace(c))
 		if err != nil {
-			return nil, fmt.Errorf("internal CIDR %q: %v", c, err)
+			return nil, fmt.Errorf("internal CIDR %q: %w", c, err)
 		}
 		p.internal = append(p.internal, pfx.Masked())
 	}
@@ -112,7 +112,7 @@ func parseHostPattern(raw string) (hostPattern, error) {
 	if strings.Contains(s, "/") {
 		pfx, err := netip.ParsePrefix(s)
 		if err != nil {
-			return hostPattern{}, fmt.Errorf("registry pattern %q: not a host glob or CIDR: %v", raw, err)
+			return hostPattern{}, fmt.Errorf("registry pattern %q: not a host glob or CIDR: %w", raw, err)
 		}
 		return hostPattern{raw: raw, prefix: pfx.Masked(), exact: true}, nil
 	}
@@ -140,7 +140,7 @@ func parseHostPattern(raw string) (hostPattern, error) {
 		return hostPattern{}, fmt.Errorf("registry pattern %q has no host", raw)
 	}
 	if _, err := path.Match(host, ""); err != nil {
-		return hostPattern{}, fmt.Errorf("registry pattern %q: %v", raw, err)
+		return hostPattern{}, fmt.Errorf("registry pattern %q: %w", raw, err)
 	}
 	return hostPattern{raw: raw, host: host, port: port, exact: !strings.ContainsAny(host, `*?[\`)}, nil
 }

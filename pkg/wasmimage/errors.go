@@ -68,7 +68,7 @@ func classify(ref Reference, op string, err error) error {
 		return fmt.Errorf("%s %s: %w: the registry sent content that does not match its digest", op, ref, ErrDigestMismatch)
 	}
 	if errors.Is(err, errdef.ErrSizeExceedsLimit) {
-		return fmt.Errorf("%s %s: %w: %v", op, ref, ErrTooLarge, err)
+		return fmt.Errorf("%s %s: %w: %w", op, ref, ErrTooLarge, err)
 	}
 	msg := err.Error()
 	if strings.Contains(msg, "x509:") || strings.Contains(msg, "tls:") {

@@ -104,7 +104,7 @@ func TestInteropPeersReadWhatWasmeWrites(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer f.Close()
+				defer f.Close() //nolint:errcheck // opened for reading
 				tr := tar.NewReader(f)
 				found := false
 				for {

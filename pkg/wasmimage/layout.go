@@ -105,14 +105,10 @@ func isIndexMediaType(mt string) bool {
 	return mt == ocispec.MediaTypeImageIndex || mt == MediaTypeDockerManifestList
 }
 
-func isManifestMediaType(mt string) bool {
-	return mt == ocispec.MediaTypeImageManifest || mt == MediaTypeDockerManifest
-}
-
 func parseManifestJSON(b []byte) (manifestJSON, error) {
 	var m manifestJSON
 	if err := json.Unmarshal(b, &m); err != nil {
-		return m, fmt.Errorf("%w: not JSON: %v", ErrBadManifest, err)
+		return m, fmt.Errorf("%w: not JSON: %w", ErrBadManifest, err)
 	}
 	if m.SchemaVersion != 2 {
 		return m, fmt.Errorf("%w: schemaVersion %d, want 2", ErrBadManifest, m.SchemaVersion)
@@ -132,7 +128,7 @@ func parseManifestJSON(b []byte) (manifestJSON, error) {
 
 func checkDescriptor(d ocispec.Descriptor) error {
 	if err := d.Digest.Validate(); err != nil {
-		return fmt.Errorf("%w: descriptor digest %q: %v", ErrBadManifest, d.Digest, err)
+		return fmt.Errorf("%w: descriptor digest %q: %w", ErrBadManifest, d.Digest, err)
 	}
 	if d.Digest.Algorithm() != digest.SHA256 {
 		return fmt.Errorf("%w: descriptor digest %q: only sha256 is supported", ErrBadManifest, d.Digest)

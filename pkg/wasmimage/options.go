@@ -105,7 +105,7 @@ func WithDefaultCredentials(wasmeFile string) Option {
 			if _, err := os.Stat(wasmeFile); err == nil {
 				s, err := credentials.NewStore(wasmeFile, credentials.StoreOptions{})
 				if err != nil {
-					o.err = errors.Join(o.err, fmt.Errorf("credentials file %s: %v", wasmeFile, err))
+					o.err = errors.Join(o.err, fmt.Errorf("credentials file %s: %w", wasmeFile, err))
 					return
 				}
 				o.stores = append(o.stores, s)
@@ -113,7 +113,7 @@ func WithDefaultCredentials(wasmeFile string) Option {
 		}
 		s, err := credentials.NewStoreFromDocker(credentials.StoreOptions{})
 		if err != nil {
-			o.err = errors.Join(o.err, fmt.Errorf("docker config: %v", err))
+			o.err = errors.Join(o.err, fmt.Errorf("docker config: %w", err))
 			return
 		}
 		o.stores = append(o.stores, s)
@@ -201,7 +201,7 @@ func (o *options) baseTransport() (http.RoundTripper, error) {
 			for _, f := range o.caFiles {
 				b, err := os.ReadFile(f)
 				if err != nil {
-					return nil, fmt.Errorf("CA file: %v", err)
+					return nil, fmt.Errorf("CA file: %w", err)
 				}
 				pems = append(pems, b)
 			}
@@ -257,7 +257,7 @@ func (o *options) client(registry string) (*auth.Client, error) {
 		for _, s := range stores {
 			cred, err := s.Get(ctx, addr)
 			if err != nil {
-				return auth.EmptyCredential, fmt.Errorf("credentials for %s: %v", hostport, err)
+				return auth.EmptyCredential, fmt.Errorf("credentials for %s: %w", hostport, err)
 			}
 			if cred != auth.EmptyCredential {
 				guard.bind(hostport, cred)
@@ -272,7 +272,7 @@ func (o *options) client(registry string) (*auth.Client, error) {
 func (o *options) repository(ref Reference) (*remote.Repository, error) {
 	repo, err := remote.NewRepository(ref.orasRepo())
 	if err != nil {
-		return nil, fmt.Errorf("invalid reference %s: %v", ref, err)
+		return nil, fmt.Errorf("invalid reference %s: %w", ref, err)
 	}
 	c, err := o.client(repo.Reference.Host())
 	if err != nil {
@@ -292,7 +292,7 @@ func Registry(host string, opts ...Option) (*remote.Registry, error) {
 	o := newOptions(opts)
 	reg, err := remote.NewRegistry(host)
 	if err != nil {
-		return nil, fmt.Errorf("invalid registry %q: %v", host, err)
+		return nil, fmt.Errorf("invalid registry %q: %w", host, err)
 	}
 	c, err := o.client(reg.Reference.Host())
 	if err != nil {

@@ -151,7 +151,7 @@ func pull(ctx context.Context, repo *remote.Repository, r Reference, o *options)
 	img.ModuleDigest = digest.FromBytes(img.Module)
 	if cfgJSON != nil {
 		if img.Config, err = ParseRuntimeConfig(cfgJSON); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrBadManifest, err)
+			return nil, fmt.Errorf("%w: %w", ErrBadManifest, err)
 		}
 	} else {
 		img.Config = configFromAnnotations(plan.Annotations)

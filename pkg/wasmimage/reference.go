@@ -38,7 +38,7 @@ func ParseReference(s string) (Reference, error) {
 	if i := strings.IndexByte(name, '@'); i >= 0 {
 		d, err := digest.Parse(name[i+1:])
 		if err != nil {
-			return Reference{}, fmt.Errorf("invalid reference %q: bad digest: %v", s, err)
+			return Reference{}, fmt.Errorf("invalid reference %q: bad digest: %w", s, err)
 		}
 		ref.Digest = d
 		name = name[:i]
@@ -69,7 +69,7 @@ func ParseReference(s string) (Reference, error) {
 		ref.Tag = "latest"
 	}
 	if err := ref.validate(); err != nil {
-		return Reference{}, fmt.Errorf("invalid reference %q: %v", s, err)
+		return Reference{}, fmt.Errorf("invalid reference %q: %w", s, err)
 	}
 	return ref, nil
 }

@@ -44,7 +44,7 @@ type StoreEntry struct {
 func DefaultStoreDir() (string, error) {
 	home, err := os.UserHomeDir()
 	if err != nil {
-		return "", fmt.Errorf("local store: %v", err)
+		return "", fmt.Errorf("local store: %w", err)
 	}
 	return filepath.Join(home, ".wasme", "store"), nil
 }
@@ -60,7 +60,7 @@ func OpenStore(dir string) (*Store, error) {
 	}
 	for _, d := range []string{filepath.Join(dir, "blobs", "sha256"), filepath.Join(dir, "refs")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("local store: %v", err)
+			return nil, fmt.Errorf("local store: %w", err)
 		}
 	}
 	return &Store{dir: dir}, nil
@@ -89,7 +89,7 @@ func (s *Store) Put(ref Reference, module []byte, cfg RuntimeConfig, manifestDig
 	d := digest.FromBytes(module)
 	if _, err := os.Stat(s.blobPath(d)); err != nil {
 		if err := writeAtomic(s.blobPath(d), module); err != nil {
-			return nil, fmt.Errorf("local store: %v", err)
+			return nil, fmt.Errorf("local store: %w", err)
 		}
 	}
 	e := &StoreEntry{Ref: ref.String(), ModuleDigest: d, Size: int64(len(module)), Config: cfg, ManifestDigest: manifestDigest, Updated: time.Now().UTC().Truncate(time.Second)}
@@ -105,7 +105,7 @@ func (s *Store) putEntry(e *StoreEntry) error {
 		return err
 	}
 	if err := writeAtomic(s.refPath(e.Ref), append(b, '\n')); err != nil {
-		return fmt.Errorf("local store: %v", err)
+		return fmt.Errorf("local store: %w", err)
 	}
 	return nil
 }
@@ -117,11 +117,11 @@ func (s *Store) Entry(ref Reference) (*StoreEntry, error) {
 		return nil, fmt.Errorf("%s: %w (wasme list shows what it holds)", ref.Familiar(), ErrNotInStore)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("local store: %v", err)
+		return nil, fmt.Errorf("local store: %w", err)
 	}
 	var e StoreEntry
 	if err := json.Unmarshal(b, &e); err != nil {
-		return nil, fmt.Errorf("local store: entry for %s is corrupt: %v", ref, err)
+		return nil, fmt.Errorf("local store: entry for %s is corrupt: %w", ref, err)
 	}
 	return &e, nil
 }
@@ -134,7 +134,7 @@ func (s *Store) Get(ref Reference) (*StoreEntry, []byte, error) {
 	}
 	b, err := os.ReadFile(s.blobPath(e.ModuleDigest))
 	if err != nil {
-		return nil, nil, fmt.Errorf("local store: module of %s: %v", ref, err)
+		return nil, nil, fmt.Errorf("local store: module of %s: %w", ref, err)
 	}
 	if digest.FromBytes(b) != e.ModuleDigest {
 		return nil, nil, fmt.Errorf("local store: module of %s: %w: file changed on disk", ref, ErrDigestMismatch)
@@ -175,7 +175,7 @@ func (s *Store) Delete(ref Reference) error {
 		if errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("%s: %w", ref.Familiar(), ErrNotInStore)
 		}
-		return fmt.Errorf("local store: %v", err)
+		return fmt.Errorf("local store: %w", err)
 	}
 	return nil
 }
@@ -184,7 +184,7 @@ func (s *Store) Delete(ref Reference) error {
 func (s *Store) List() ([]StoreEntry, error) {
 	files, err := os.ReadDir(filepath.Join(s.dir, "refs"))
 	if err != nil {
-		return nil, fmt.Errorf("local store: %v", err)
+		return nil, fmt.Errorf("local store: %w", err)
 	}
 	var out []StoreEntry
 	for _, f := range files {
@@ -214,8 +214,8 @@ func writeAtomic(path string, b []byte) error {
 	ok := false
 	defer func() {
 		if !ok {
-			f.Close()
-			os.Remove(tmp)
+			_ = f.Close()      // the write already failed
+			_ = os.Remove(tmp) // best effort; a leftover .tmp- file is never read
 		}
 	}()
 	if _, err := f.Write(b); err != nil {

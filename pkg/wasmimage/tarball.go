@@ -31,9 +31,9 @@ func ExtractCompatLayer(layer []byte, maxSize int64) (module, runtimeConfig []by
 	if len(layer) >= 2 && layer[0] == 0x1f && layer[1] == 0x8b {
 		zr, err := gzip.NewReader(r)
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w: gzip: %v", ErrBadArchive, err)
+			return nil, nil, fmt.Errorf("%w: gzip: %w", ErrBadArchive, err)
 		}
-		defer zr.Close()
+		defer zr.Close() //nolint:errcheck // Close reports the read errors that the reads below already returned
 		r = zr
 	}
 	limit := 2*maxSize + tarOverhead
@@ -41,14 +41,14 @@ func ExtractCompatLayer(layer []byte, maxSize int64) (module, runtimeConfig []by
 	tr := tar.NewReader(lr)
 	for {
 		h, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
 			if lr.N <= 0 {
 				return nil, nil, fmt.Errorf("%w: layer decompresses to more than %d bytes", ErrTooLarge, limit)
 			}
-			return nil, nil, fmt.Errorf("%w: tar: %v", ErrBadArchive, err)
+			return nil, nil, fmt.Errorf("%w: tar: %w", ErrBadArchive, err)
 		}
 		name, err := cleanTarPath(h.Name)
 		if err != nil {
@@ -72,7 +72,7 @@ func ExtractCompatLayer(layer []byte, maxSize int64) (module, runtimeConfig []by
 			if lr.N <= 0 {
 				return nil, nil, fmt.Errorf("%w: layer decompresses to more than %d bytes", ErrTooLarge, limit)
 			}
-			return nil, nil, fmt.Errorf("%w: reading %s: %v", ErrBadArchive, name, err)
+			return nil, nil, fmt.Errorf("%w: reading %s: %w", ErrBadArchive, name, err)
 		}
 		if name == compatModuleFile {
 			module = b

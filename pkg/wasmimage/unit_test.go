@@ -273,12 +273,17 @@ func TestStore(t *testing.T) {
 			t.Errorf("%s: %v", e.Ref, err)
 		}
 	}
-	filepath.WalkDir(s.Dir(), func(p string, d os.DirEntry, err error) error {
+	if err := filepath.WalkDir(s.Dir(), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
 		if strings.HasPrefix(d.Name(), ".tmp-") {
 			t.Errorf("temporary file left: %s", p)
 		}
 		return nil
-	})
+	}); err != nil {
+		t.Error(err)
+	}
 	// A module changed on disk is refused, not served.
 	_ = os.WriteFile(filepath.Join(s.Dir(), "blobs", "sha256", e.ModuleDigest.Encoded()), []byte("tampered"), 0o644)
 	if _, _, err := s.Get(a); !errors.Is(err, wasmimage.ErrDigestMismatch) {

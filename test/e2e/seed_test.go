@@ -271,7 +271,7 @@ func TestDemoWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer res.Sidecar.Close()
+	defer res.Sidecar.Close() //nolint:errcheck // stopping the proxy on the way out; its log has what went wrong
 	t.Cleanup(func() {
 		fd := &wasmev1.FilterDeployment{}
 		fd.Namespace, fd.Name = localcluster.BookinfoNamespace, seedName

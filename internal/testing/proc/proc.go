@@ -51,13 +51,13 @@ func Start(name, bin string, args []string, logPath string, o Options) (*Process
 	cmd.Env = append(os.Environ(), o.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		logf.Close()
+		_ = logf.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
 	p := &Process{Name: name, LogPath: logPath, cmd: cmd, exited: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
-		logf.Close()
+		_ = logf.Close() // the process wrote to it; a reader opens it anew
 		close(p.exited)
 	}()
 	return p, nil
@@ -146,7 +146,7 @@ func (p *Process) WaitHTTP(ctx context.Context, hc *http.Client, url string, tim
 		last = err
 		select {
 		case <-p.exited:
-			return fmt.Errorf("%s exited (%v); log tail:\n%s", p.Name, p.err, p.LogTail(40))
+			return fmt.Errorf("%s exited (%w); log tail:\n%s", p.Name, p.err, p.LogTail(40))
 		case <-ctx.Done():
 			return errors.Join(fmt.Errorf("%s not ready at %s: %w", p.Name, url, ctx.Err()), last)
 		case <-time.After(50 * time.Millisecond):

@@ -335,7 +335,7 @@ func (e *Env) waitPolicy(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for the FilterDeployment admission policy (last result: %v): %w", err, ctx.Err())
+			return fmt.Errorf("waiting for the FilterDeployment admission policy (last result: %w): %w", err, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -296,7 +296,9 @@ func loadWasm(w *wasmv3.Wasm, resolve ModuleResolver) (*WasmFilter, error) {
 	return &WasmFilter{
 		Name: pc.GetName(), RootID: pc.GetRootId(), VMID: vm.GetVmId(), Runtime: vm.GetRuntime(),
 		Filename: filename, Path: path, Configuration: cfg, VMConfiguration: vmCfg,
-		FailOpen: pc.GetFailOpen() || pc.GetFailurePolicy() == wasmextv3.FailurePolicy_FAIL_OPEN,
+		// fail_open is deprecated for failure_policy, but Envoy still honours it and a
+		// control plane may send either.
+		FailOpen: pc.GetFailOpen() || pc.GetFailurePolicy() == wasmextv3.FailurePolicy_FAIL_OPEN, //nolint:staticcheck // SA1019, see above
 		Module:   mod,
 	}, nil
 }

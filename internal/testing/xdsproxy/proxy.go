@@ -262,7 +262,7 @@ func (p *Proxy) WaitFor(ctx context.Context, cond func(c *Chain) bool) (*Chain, 
 				}
 			}
 			if last != nil {
-				return c, fmt.Errorf("%w (last refused update: %v)", ctx.Err(), last)
+				return c, fmt.Errorf("%w (last refused update: %w)", ctx.Err(), last)
 			}
 			return c, ctx.Err()
 		}
@@ -294,7 +294,7 @@ func (p *Proxy) stream(ctx context.Context, node *corev3.Node) error {
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer conn.Close() //nolint:errcheck // ends the stream; nothing is pending on it then
 	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
 		return err
