@@ -34,7 +34,7 @@ func main() {
 			err = os.Rename(tmp.Name(), *out)
 		}
 		if err != nil {
-			os.Remove(tmp.Name())
+			_ = os.Remove(tmp.Name()) // best effort; err says what failed
 		}
 	}
 	if err != nil {
