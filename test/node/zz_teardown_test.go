@@ -30,7 +30,7 @@ var watchedPaths = []string{
 func lines(name string, args ...string) ([]string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
+		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, out)
 	}
 	var ls []string
 	for _, l := range strings.Split(string(out), "\n") {
@@ -56,7 +56,7 @@ func snapshotHost() (*hostState, error) {
 			s.mounts = append(s.mounts, fs[4])
 		}
 	}
-	f.Close()
+	_ = f.Close() // read to the end already
 	sort.Strings(s.mounts)
 	if s.netns, err = lines("ip", "netns", "list"); err != nil {
 		return nil, err

@@ -128,7 +128,7 @@ func lock() (*os.File, error) {
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
+		_ = f.Close() // nothing was locked
 		return nil, err
 	}
 	return f, nil
@@ -191,7 +191,7 @@ func teardown(s *state) error {
 	}
 	if exists(filepath.Join("/run/netns", netnsName)) {
 		if out, err := exec.Command("ip", "netns", "delete", netnsName).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("ip netns delete %s: %v: %s", netnsName, err, out))
+			errs = append(errs, fmt.Errorf("ip netns delete %s: %w: %s", netnsName, err, out))
 		}
 	}
 	// The veth goes with the namespace, a moment later; one whose peer moved nowhere is deleted.
@@ -200,7 +200,7 @@ func teardown(s *state) error {
 	}
 	if exists("/sys/class/net/" + hostVeth) {
 		if out, err := exec.Command("ip", "link", "delete", hostVeth).CombinedOutput(); err != nil && exists("/sys/class/net/"+hostVeth) {
-			errs = append(errs, fmt.Errorf("ip link delete %s: %v: %s", hostVeth, err, out))
+			errs = append(errs, fmt.Errorf("ip link delete %s: %w: %s", hostVeth, err, out))
 		}
 	}
 	for _, c := range s.Cgroups {
@@ -308,7 +308,7 @@ func mountsUnder(dir string) []string {
 	if err != nil {
 		return nil
 	}
-	defer f.Close()
+	defer f.Close() //nolint:errcheck // opened for reading
 	var out []string
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64*1024), 1024*1024)

@@ -182,12 +182,12 @@ func Start(ctx context.Context, o Options) (n *Node, err error) {
 	}
 	n = &Node{Tools: toolsDir, lockFile: lf, progress: progress, Started: time.Now()}
 	if err := cleanupLeftovers(); err != nil {
-		lf.Close()
+		_ = lf.Close() // releases the node lock
 		return nil, fmt.Errorf("cleaning up a node a previous test left behind: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "wasme-node-")
 	if err != nil {
-		lf.Close()
+		_ = lf.Close() // releases the node lock
 		return nil, err
 	}
 	n.Dir = dir
@@ -197,12 +197,12 @@ func Start(ctx context.Context, o Options) (n *Node, err error) {
 	}
 	if n.st, err = snapshot(dir, o.HostPaths); err != nil {
 		os.RemoveAll(dir)
-		lf.Close()
+		_ = lf.Close() // releases the node lock
 		return nil, err
 	}
 	if err := n.st.save(); err != nil {
 		os.RemoveAll(dir)
-		lf.Close()
+		_ = lf.Close() // releases the node lock
 		return nil, err
 	}
 	defer func() {
@@ -246,7 +246,7 @@ func (n *Node) path(p ...string) string { return filepath.Join(append([]string{n
 func run(name string, args ...string) error {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
@@ -380,14 +380,14 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, f func(con
 		for _, p := range exited {
 			select {
 			case <-p.Exited():
-				return fmt.Errorf("%s exited (%v) while waiting for %s", p.Name, p.Err(), what)
+				return fmt.Errorf("%s exited (%w) while waiting for %s", p.Name, p.Err(), what)
 			default:
 			}
 		}
 		select {
 		case <-ctx.Done():
 			if last != nil {
-				return fmt.Errorf("waiting for %s: %w (last: %v)", what, ctx.Err(), last)
+				return fmt.Errorf("waiting for %s: %w (last: %w)", what, ctx.Err(), last)
 			}
 			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
 		case <-time.After(200 * time.Millisecond):
@@ -481,7 +481,7 @@ func (n *Node) kubelet(ctx context.Context) error {
 		}
 		for _, c := range node.Status.Conditions {
 			if c.Type == corev1.NodeReady {
-				return c.Status == corev1.ConditionTrue, fmt.Errorf("Ready=%s: %s", c.Status, c.Message)
+				return c.Status == corev1.ConditionTrue, fmt.Errorf("condition Ready=%s: %s", c.Status, c.Message)
 			}
 		}
 		return false, nil
@@ -533,7 +533,7 @@ func (n *Node) Stop() error {
 			n.stopErr = teardown(n.st)
 		}
 		if n.lockFile != nil {
-			n.lockFile.Close()
+			_ = n.lockFile.Close() // releases the node lock
 		}
 	})
 	return n.stopErr
