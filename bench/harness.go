@@ -248,7 +248,20 @@ func (e *env) startNodes(ctx context.Context, n int) error {
 		if err != nil {
 			return err
 		}
-		src, err := cacheprotocol.NewClient("http://"+e.op.ModuleAddr, filepath.Join(e.dir, "cache.token"), name)
+		// As the DaemonSet's projected volume holds it: a token of the module server's audience.
+		token, err := e.kube.CacheToken(ctx, "wasme", name)
+		if err != nil {
+			return err
+		}
+		tokenFile := filepath.Join(dir, "..", name+".module-token")
+		if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+			return err
+		}
+		clientOpts, err := e.op.ClientOptions(filepath.Dir(tokenFile), tokenFile, name)
+		if err != nil {
+			return err
+		}
+		src, err := cacheprotocol.NewClient(clientOpts)
 		if err != nil {
 			return err
 		}

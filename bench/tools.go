@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/testing/proc"
 	"wasme.io/wasme/internal/testing/registry"
 	"wasme.io/wasme/internal/testing/testenv"
@@ -320,9 +321,19 @@ func serveRows(ctx context.Context, e *env, cfg Config, dir string) ([]Row, []st
 		return nil, nil, err
 	}
 	_, port, _ := strings.Cut(addr, ":")
+	// The module is on disk already and no module server runs: the daemon needs a CA to
+	// start but never fetches.
+	caFile := filepath.Join(work, "module-ca.crt")
+	ca, err := cacheprotocol.NewServingSecretData(cacheprotocol.ServiceDNSNames("wasme"), time.Now())
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.WriteFile(caFile, ca[cacheprotocol.CAKey], 0o600); err != nil {
+		return nil, nil, err
+	}
 	cache, err := proc.Start("wasme cache", cfg.Wasme, []string{"cache", "--kubeconfig", kc,
 		"--node-name", "bench-serve", "--directory", modDir, "--bind-host", "127.0.0.1", "--port", port,
-		"--operator-url", "http://127.0.0.1:1", "--token-file", filepath.Join(e.dir, "cache.token"), "--log-level", "error"},
+		"--operator-url", "https://127.0.0.1:1", "--token-file", filepath.Join(e.dir, "cache.token"), "--ca-file", caFile, "--log-level", "error"},
 		filepath.Join(work, "cache.log"), proc.Options{})
 	if err != nil {
 		return nil, nil, err

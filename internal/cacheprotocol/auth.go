@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -20,35 +21,67 @@ var ErrUnauthenticated = errors.New("token not authenticated")
 // error when it cannot decide.
 type Authenticator interface {
 	Authenticate(ctx context.Context, token string) (user string, err error)
+	// Remembered answers as Authenticate would from recent decisions alone, without asking
+	// anyone; ok is false for a token it has not decided lately. The server asks it first for
+	// callers that used up their budget of rejections.
+	Remembered(token string) (user string, ok bool, err error)
 }
 
-// TokenReviewAuthenticator authenticates tokens with the API server's TokenReview API. It
-// remembers accepted tokens for a short while, because every node of the cluster asks for
-// the same module at the same moment when a FilterDeployment changes.
+// TokenReviewAuthenticator authenticates tokens with the API server's TokenReview API, for
+// one audience. It remembers accepted tokens for a short while, because every node of the
+// cluster asks for the same module at the same moment when a FilterDeployment changes, and
+// rejected ones as long, so that a caller repeating a bad token costs the API server one
+// TokenReview.
 type TokenReviewAuthenticator struct {
-	client    client.Client
-	audiences []string
-	ttl       time.Duration
+	client   client.Client
+	audience string
+	ttl      time.Duration
 
 	mu       sync.Mutex
-	accepted map[[sha256.Size]byte]acceptedToken
+	accepted map[[sha256.Size]byte]rememberedToken
+	rejected map[[sha256.Size]byte]rememberedToken
 }
 
-type acceptedToken struct {
-	user    string
+type rememberedToken struct {
+	user    string // accepted: the user; rejected: why
 	expires time.Time
 }
 
-// maxRememberedTokens bounds the memory an attacker could make the cache use; real clusters
-// have one token per node.
+// maxRememberedTokens bounds the memory an attacker could make either cache use; real
+// clusters have one token per node.
 const maxRememberedTokens = 8192
 
 // NewTokenReviewAuthenticator authenticates with TokenReviews created through c (which needs
-// create on tokenreviews.authentication.k8s.io). audiences, if any, must be in the token;
-// none means the API server's own. Accepted tokens are remembered for ttl (0: not at all),
-// so a revoked token may still work for that long.
-func NewTokenReviewAuthenticator(c client.Client, ttl time.Duration, audiences ...string) *TokenReviewAuthenticator {
-	return &TokenReviewAuthenticator{client: c, audiences: audiences, ttl: ttl, accepted: map[[sha256.Size]byte]acceptedToken{}}
+// create on tokenreviews.authentication.k8s.io), accepting only tokens issued for audience
+// (empty means Audience) and checking that the API server says so in status.audiences.
+// Decisions are remembered for ttl (0: not at all), so a revoked token may still work for
+// that long.
+func NewTokenReviewAuthenticator(c client.Client, ttl time.Duration, audience string) *TokenReviewAuthenticator {
+	if audience == "" {
+		audience = Audience
+	}
+	return &TokenReviewAuthenticator{
+		client: c, audience: audience, ttl: ttl,
+		accepted: map[[sha256.Size]byte]rememberedToken{},
+		rejected: map[[sha256.Size]byte]rememberedToken{},
+	}
+}
+
+// Remembered implements Authenticator.
+func (a *TokenReviewAuthenticator) Remembered(token string) (string, bool, error) {
+	return a.remembered(sha256.Sum256([]byte(token)), time.Now())
+}
+
+func (a *TokenReviewAuthenticator) remembered(key [sha256.Size]byte, now time.Time) (string, bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if t, ok := a.accepted[key]; ok && now.Before(t.expires) {
+		return t.user, true, nil
+	}
+	if t, ok := a.rejected[key]; ok && now.Before(t.expires) {
+		return "", true, fmt.Errorf("%w: %s", ErrUnauthenticated, t.user)
+	}
+	return "", false, nil
 }
 
 // Authenticate implements Authenticator.
@@ -56,31 +89,43 @@ func (a *TokenReviewAuthenticator) Authenticate(ctx context.Context, token strin
 	// Keyed by hash so that the tokens themselves are not kept in memory.
 	key := sha256.Sum256([]byte(token))
 	now := time.Now()
-	a.mu.Lock()
-	if t, ok := a.accepted[key]; ok && now.Before(t.expires) {
-		a.mu.Unlock()
-		return t.user, nil
+	if user, ok, err := a.remembered(key, now); ok {
+		return user, err
 	}
-	a.mu.Unlock()
 
-	review := &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: a.audiences}}
+	review := &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{a.audience}}}
 	if err := a.client.Create(ctx, review); err != nil {
+		// Not remembered: the API server may answer next time.
 		return "", fmt.Errorf("creating a TokenReview: %w", err)
 	}
-	if !review.Status.Authenticated {
-		if review.Status.Error != "" {
-			return "", fmt.Errorf("%w: %s", ErrUnauthenticated, review.Status.Error)
-		}
-		return "", ErrUnauthenticated
+	var reason string
+	switch {
+	case !review.Status.Authenticated && review.Status.Error != "":
+		reason = review.Status.Error
+	case !review.Status.Authenticated:
+		reason = "not authenticated"
+	case !slices.Contains(review.Status.Audiences, a.audience):
+		// An API server that ignores spec.audiences would authenticate a token meant for
+		// itself; one stolen from a pod's default mount must not fetch modules.
+		reason = fmt.Sprintf("token is not for audience %q", a.audience)
+	}
+	if reason != "" {
+		a.remember(a.rejected, key, reason, now)
+		return "", fmt.Errorf("%w: %s", ErrUnauthenticated, reason)
 	}
 	user := review.Status.User.Username
-	if a.ttl > 0 {
-		a.mu.Lock()
-		if len(a.accepted) >= maxRememberedTokens {
-			clear(a.accepted)
-		}
-		a.accepted[key] = acceptedToken{user: user, expires: now.Add(a.ttl)}
-		a.mu.Unlock()
-	}
+	a.remember(a.accepted, key, user, now)
 	return user, nil
+}
+
+func (a *TokenReviewAuthenticator) remember(m map[[sha256.Size]byte]rememberedToken, key [sha256.Size]byte, v string, now time.Time) {
+	if a.ttl <= 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(m) >= maxRememberedTokens {
+		clear(m)
+	}
+	m[key] = rememberedToken{user: v, expires: now.Add(a.ttl)}
 }

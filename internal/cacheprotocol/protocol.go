@@ -22,6 +22,13 @@ const (
 	PathPrefix = "/modules/sha256/"
 	// DefaultAllowedUser is the node cache daemons' ServiceAccount.
 	DefaultAllowedUser = "system:serviceaccount:wasme:wasme-cache"
+	// Audience is the audience of the projected ServiceAccount token a node cache presents.
+	// A token of its own audience, not the API server's, so that the module server cannot
+	// replay it against the API server and a pod's default token does not fetch modules.
+	Audience = "wasme-cache"
+	// MaxTokenBytes is the largest bearer token the module server sends to a TokenReview;
+	// ServiceAccount tokens are about 1 KiB.
+	MaxTokenBytes = 16 << 10
 	// ContentType is the media type of a served module.
 	ContentType = "application/wasm"
 	// userAgentPrefix and userAgentSuffix frame the node name in the daemon's User-Agent, so the

@@ -4,18 +4,24 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log"
+	"math"
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
@@ -32,6 +38,14 @@ const (
 	DefaultMaxModuleBytes = 64 << 20
 	// DefaultFetchTimeout bounds one fallback Fetch, which may pull from a slow registry.
 	DefaultFetchTimeout = 2 * time.Minute
+	// DefaultRejectBurst and DefaultRejectRate bound the rejected requests one client address
+	// may make: past the burst, an address is answered 429 without its token being looked at
+	// until the bucket refills at the rate (per second).
+	DefaultRejectBurst = 20
+	DefaultRejectRate  = 0.1
+	// maxHeaderBytes leaves room for a token of MaxTokenBytes and refuses the rest before
+	// anything reads them.
+	maxHeaderBytes = 4 * MaxTokenBytes
 )
 
 // Options configure a Server. Client and Authenticator are required.
@@ -50,6 +64,13 @@ type Options struct {
 	Fetch func(ctx context.Context, fd *wasmev1.FilterDeployment) ([]byte, error)
 	// Addr is where Start listens. Empty means DefaultAddr.
 	Addr string
+	// TLSConfig is what Start and Serve serve with (see EnsureServingTLS); they refuse to
+	// serve without it, since the callers' tokens would travel in the clear.
+	TLSConfig *tls.Config
+	// RejectBurst and RejectRate limit rejected requests per client address. Zero means
+	// DefaultRejectBurst and DefaultRejectRate.
+	RejectBurst int
+	RejectRate  rate.Limit
 	// Store holds the modules, shared with the reconciler. Nil means a store of its own of
 	// MaxStoreBytes.
 	Store *Store
@@ -74,7 +95,13 @@ type Server struct {
 	store   *Store
 	fetches singleflight.Group
 	metrics *metrics
+
+	rejectMu sync.Mutex
+	rejects  map[string]*rate.Limiter // client address -> its budget of rejected requests
 }
+
+// maxRejectAddrs bounds the addresses whose rejections are counted.
+const maxRejectAddrs = 8192
 
 // New checks the options and builds a Server.
 func New(opts Options) (*Server, error) {
@@ -87,7 +114,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Addr == "" {
 		opts.Addr = DefaultAddr
 	}
-	if opts.MaxStoreBytes < 0 || opts.MaxModuleBytes < 0 || opts.FetchTimeout < 0 {
+	if opts.MaxStoreBytes < 0 || opts.MaxModuleBytes < 0 || opts.FetchTimeout < 0 || opts.RejectBurst < 0 || opts.RejectRate < 0 {
 		return nil, errors.New("module server: size and timeout limits must not be negative")
 	}
 	if opts.MaxStoreBytes == 0 {
@@ -98,6 +125,12 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.FetchTimeout == 0 {
 		opts.FetchTimeout = DefaultFetchTimeout
+	}
+	if opts.RejectBurst == 0 {
+		opts.RejectBurst = DefaultRejectBurst
+	}
+	if opts.RejectRate == 0 {
+		opts.RejectRate = DefaultRejectRate
 	}
 	if len(opts.AllowedUsers) == 0 {
 		opts.AllowedUsers = []string{DefaultAllowedUser}
@@ -113,7 +146,7 @@ func New(opts Options) (*Server, error) {
 	if store == nil {
 		store = NewStore(opts.MaxStoreBytes)
 	}
-	s := &Server{opts: opts, allowed: map[string]bool{}, store: store, metrics: m}
+	s := &Server{opts: opts, allowed: map[string]bool{}, store: store, metrics: m, rejects: map[string]*rate.Limiter{}}
 	store.named = s.namedDigests
 	for _, u := range opts.AllowedUsers {
 		s.allowed[u] = true
@@ -186,15 +219,24 @@ func (s *Server) Start(ctx context.Context) error {
 	return s.Serve(ctx, ln)
 }
 
-// Serve serves on ln until ctx ends, then shuts down gracefully.
+// Serve serves TLS on ln until ctx ends, then shuts down gracefully.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.opts.TLSConfig == nil {
+		ln.Close()
+		return errors.New("module server: Options.TLSConfig is required: node caches send their tokens")
+	}
 	srv := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    maxHeaderBytes,
+		TLSConfig:         s.opts.TLSConfig,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
+		// Failed handshakes (a node cache with the wrong CA, a scanner) are the caller's
+		// problem; they go to the debug log, not to stderr.
+		ErrorLog: log.New(logWriter{s.opts.Log.V(1)}, "", 0),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	s.opts.Log.Info("serving modules", "addr", ln.Addr().String())
 	select {
 	case err := <-errc:
@@ -229,6 +271,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) int {
 		return httpError(w, http.StatusBadRequest, "malformed digest: want 64 lower-case hex characters")
 	}
 	if code, msg := s.authenticate(r); code != 0 {
+		if code == http.StatusTooManyRequests {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(1/float64(s.opts.RejectRate)))))
+		}
 		return httpError(w, code, msg)
 	}
 
@@ -272,10 +317,24 @@ func (s *Server) authenticate(r *http.Request) (int, string) {
 	if !ok {
 		return http.StatusUnauthorized, "a ServiceAccount bearer token is required"
 	}
-	user, err := s.opts.Authenticator.Authenticate(r.Context(), token)
+	limiter := s.rejectLimiter(r.RemoteAddr)
+	if len(token) > MaxTokenBytes {
+		limiter.Allow()
+		return http.StatusUnauthorized, fmt.Sprintf("the bearer token is longer than %d bytes", MaxTokenBytes)
+	}
+	// A caller past its budget of rejections still gets in with a token accepted lately;
+	// only new tokens, which would cost a TokenReview, wait.
+	user, known, err := s.opts.Authenticator.Remembered(token)
+	if !known {
+		if limiter.Tokens() < 1 {
+			return http.StatusTooManyRequests, "too many rejected requests from this address"
+		}
+		user, err = s.opts.Authenticator.Authenticate(r.Context(), token)
+	}
 	switch {
 	case errors.Is(err, ErrUnauthenticated):
-		return http.StatusUnauthorized, "the bearer token was not accepted"
+		limiter.Allow()
+		return http.StatusUnauthorized, "the bearer token was not accepted (a projected ServiceAccount token of audience " + Audience + " is required)"
 	case err != nil:
 		s.opts.Log.Error(err, "authenticating a module request")
 		return http.StatusServiceUnavailable, "cannot authenticate the request now"
@@ -283,6 +342,26 @@ func (s *Server) authenticate(r *http.Request) (int, string) {
 		return http.StatusForbidden, fmt.Sprintf("user %q may not fetch modules", user)
 	}
 	return 0, ""
+}
+
+// rejectLimiter returns the budget of rejected requests of the client at remoteAddr.
+func (s *Server) rejectLimiter(remoteAddr string) *rate.Limiter {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		host = remoteAddr
+	}
+	s.rejectMu.Lock()
+	defer s.rejectMu.Unlock()
+	l, ok := s.rejects[host]
+	if !ok {
+		if len(s.rejects) >= maxRejectAddrs {
+			// Forgetting everyone at once errs on the side of serving.
+			clear(s.rejects)
+		}
+		l = rate.NewLimiter(s.opts.RejectRate, s.opts.RejectBurst)
+		s.rejects[host] = l
+	}
+	return l
 }
 
 // filterDeploymentsNaming reports whether any FilterDeployment names digest in
@@ -397,4 +476,12 @@ func (r *statusRecorder) Write(p []byte) (int, error) {
 	n, err := r.ResponseWriter.Write(p)
 	r.written += int64(n)
 	return n, err
+}
+
+// logWriter turns the http.Server's log lines into logr messages.
+type logWriter struct{ log logr.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.log.Info(strings.TrimSpace(string(p)))
+	return len(p), nil
 }

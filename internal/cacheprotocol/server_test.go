@@ -33,14 +33,26 @@ func digestOf(b []byte) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-// serviceAccountToken creates a ServiceAccount and returns a token for it from the TokenRequest API.
+// serviceAccountToken creates a ServiceAccount and returns a token for it of the module
+// server's audience, from the TokenRequest API.
 func serviceAccountToken(t *testing.T, ns, name string) string {
 	t.Helper()
 	ctx := context.Background()
 	if err := env.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}); err != nil {
 		t.Fatalf("creating ServiceAccount %s: %v", name, err)
 	}
-	_, token, err := env.ServiceAccountConfig(ctx, ns, name)
+	token, err := env.AudienceToken(ctx, ns, name, cacheprotocol.Audience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return token
+}
+
+// apiServerToken is a token of an existing ServiceAccount for the API server's own audience,
+// as every pod has one mounted by default.
+func apiServerToken(t *testing.T, ns, name string) string {
+	t.Helper()
+	_, token, err := env.ServiceAccountConfig(context.Background(), ns, name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +85,7 @@ func TestServer(t *testing.T) {
 	ns := env.Namespace(t)
 	goodToken := serviceAccountToken(t, ns, "wasme-cache")
 	otherToken := serviceAccountToken(t, ns, "intruder")
+	apiToken := apiServerToken(t, ns, "wasme-cache")
 
 	held := []byte("\x00asm\x01\x00\x00\x00 the held module")
 	fetched := []byte("\x00asm\x01\x00\x00\x00 a module only the registry has")
@@ -99,7 +112,7 @@ func TestServer(t *testing.T) {
 	release := make(chan struct{})
 	srv, err := cacheprotocol.New(cacheprotocol.Options{
 		Client:        env.IndexedReader(t, cacheprotocol.IndexFilterDeployments),
-		Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0),
+		Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0, ""),
 		AllowedUsers:  []string{"system:serviceaccount:" + ns + ":wasme-cache"},
 		Registerer:    prometheus.NewRegistry(),
 		Fetch: func(ctx context.Context, fd *wasmev1.FilterDeployment) ([]byte, error) {
@@ -145,6 +158,8 @@ func TestServer(t *testing.T) {
 	}{
 		{name: "no token", method: "GET", path: path(held), wantCode: 401},
 		{name: "garbage token", method: "GET", path: path(held), token: "not-a-token", wantCode: 401},
+		{name: "the API server's audience", method: "GET", path: path(held), token: apiToken, wantCode: 401},
+		{name: "oversize token", method: "GET", path: path(held), token: strings.Repeat("a", cacheprotocol.MaxTokenBytes+1), wantCode: 401},
 		{name: "other ServiceAccount", method: "GET", path: path(held), token: otherToken, wantCode: 403},
 		{name: "other ServiceAccount, unknown digest", method: "GET", path: path([]byte("x")), token: otherToken, wantCode: 403},
 		{name: "held module", method: "GET", path: path(held), token: goodToken, wantCode: 200, wantBody: held,
@@ -259,9 +274,10 @@ func TestNewRefusesIncompleteOptions(t *testing.T) {
 		opts cacheprotocol.Options
 		want string
 	}{
-		{"no client", cacheprotocol.Options{Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0)}, "Client is required"},
+		{"no client", cacheprotocol.Options{Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0, "")}, "Client is required"},
 		{"no authenticator", cacheprotocol.Options{Client: env.Client}, "Authenticator is required"},
-		{"negative limit", cacheprotocol.Options{Client: env.Client, Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0), MaxStoreBytes: -1}, "must not be negative"},
+		{"negative limit", cacheprotocol.Options{Client: env.Client, Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0, ""), MaxStoreBytes: -1}, "must not be negative"},
+		{"negative reject burst", cacheprotocol.Options{Client: env.Client, Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0, ""), RejectBurst: -1}, "must not be negative"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -275,7 +291,7 @@ func TestNewRefusesIncompleteOptions(t *testing.T) {
 
 func TestPut(t *testing.T) {
 	srv, err := cacheprotocol.New(cacheprotocol.Options{
-		Client: env.IndexedReader(t, cacheprotocol.IndexFilterDeployments), Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0),
+		Client: env.IndexedReader(t, cacheprotocol.IndexFilterDeployments), Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, 0, ""),
 		Registerer: prometheus.NewRegistry(), MaxModuleBytes: 16,
 	})
 	if err != nil {

@@ -28,6 +28,7 @@ type cacheOptions struct {
 	nodeName      string
 	operatorURL   string
 	tokenFile     string
+	caFile        string
 	gracePeriod   time.Duration
 	heartbeat     time.Duration
 	verify        time.Duration
@@ -44,7 +45,8 @@ func newCacheCmd(s streams) *cobra.Command {
 		Use:   "cache",
 		Short: "Run the node cache daemon (the wasme-cache DaemonSet)",
 		Long: `Run the node cache: it watches the ModuleSet the operator writes, fetches each module it lists
-from the operator (authenticated with this pod's ServiceAccount token), verifies its sha256,
+from the operator over TLS (authenticated with this pod's projected ServiceAccount token of
+audience wasme-cache), verifies its sha256,
 stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it on
 /sha256/<hex> and /<hex>, and reports in the NodeCache named after the node.`,
 		Example: `  # in the cluster (deploy/wasme.yaml sets NODE_NAME from spec.nodeName)
@@ -52,7 +54,7 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
 
   # a simulated node on a workstation
   wasme cache --kubeconfig ~/.kube/config --node-name node-a --directory ./cache-a --port 9981 \
-    --operator-url http://127.0.0.1:9980 --token-file ./token`,
+    --operator-url https://127.0.0.1:9980 --token-file ./token --ca-file ./module-ca.crt`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.prepareOwner != "" {
@@ -87,8 +89,9 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
 	f.IntVar(&o.port, "port", 9979, "port serving modules, /metrics, /healthz and /readyz")
 	f.StringVar(&o.bindHost, "bind-host", "", "host or IP to listen on; empty means all interfaces")
 	f.StringVar(&o.nodeName, "node-name", "", "this node's name, also the NodeCache's; default $NODE_NAME")
-	f.StringVar(&o.operatorURL, "operator-url", "http://wasme-operator.wasme.svc:9980", "base URL of the operator's module server")
-	f.StringVar(&o.tokenFile, "token-file", cacheprotocol.DefaultTokenFile, "ServiceAccount token presented to the operator, re-read on every fetch")
+	f.StringVar(&o.operatorURL, "operator-url", cacheprotocol.DefaultURL, "base URL of the operator's module server (https)")
+	f.StringVar(&o.tokenFile, "token-file", cacheprotocol.DefaultTokenFile, "projected ServiceAccount token of audience "+cacheprotocol.Audience+" presented to the operator, re-read on every fetch")
+	f.StringVar(&o.caFile, "ca-file", cacheprotocol.DefaultCAFile, "PEM CA the module server's certificate must chain to (ConfigMap "+cacheprotocol.DefaultCAConfigMap+"), re-read when it changes")
 	f.DurationVar(&o.gracePeriod, "grace-period", nodecache.DefaultGracePeriod, "how long a module no FilterDeployment names stays on disk")
 	f.DurationVar(&o.heartbeat, "heartbeat-interval", nodecache.DefaultHeartbeatInterval, "how often the NodeCache's status.heartbeatTime is renewed; keep it well under the operator's --cache-heartbeat-grace")
 	f.DurationVar(&o.verify, "verify-interval", nodecache.DefaultVerifyInterval, "how often every module file is hashed again (files that no longer match their name are removed)")
@@ -173,9 +176,9 @@ func (o *cacheOptions) daemonOptions() (nodecache.Options, error) {
 	if maxModule == 0 {
 		return nodecache.Options{}, fmt.Errorf("--max-module-size must be more than 0")
 	}
-	src, err := cacheprotocol.NewClient(o.operatorURL, o.tokenFile, o.nodeName)
+	src, err := cacheprotocol.NewClient(cacheprotocol.ClientOptions{URL: o.operatorURL, TokenFile: o.tokenFile, CAFile: o.caFile, NodeName: o.nodeName})
 	if err != nil {
-		return nodecache.Options{}, fmt.Errorf("--operator-url: %w", err)
+		return nodecache.Options{}, fmt.Errorf("the module server (--operator-url, --token-file, --ca-file): %w", err)
 	}
 	grace := o.gracePeriod
 	if grace == 0 {

@@ -8,9 +8,13 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"wasme.io/wasme/internal/cacheprotocol"
 )
 
 func TestCacheCommandRefusesBadFlags(t *testing.T) {
+	ca := writeCA(t)
 	cases := map[string]struct {
 		args []string
 		want string
@@ -24,10 +28,13 @@ func TestCacheCommandRefusesBadFlags(t *testing.T) {
 		"negative size":        {[]string{"--node-name", "n", "--max-size", "-1Gi"}, "must not be negative"},
 		"zero module size":     {[]string{"--node-name", "n", "--max-module-size", "0"}, "--max-module-size must be more than 0"},
 		"operator URL scheme":  {[]string{"--node-name", "n", "--operator-url", "ftp://operator"}, "--operator-url"},
-		"operator URL query":   {[]string{"--node-name", "n", "--operator-url", "http://operator:9980/?x=1"}, "query"},
-		"invalid node name":    {[]string{"--node-name", "Node_A", "--kubeconfig", writeKubeconfig(t)}, "not a valid object name"},
-		"log level":            {[]string{"--node-name", "n", "--log-level", "loud"}, "--log-level"},
-		"missing kubeconfig":   {[]string{"--node-name", "n", "--kubeconfig", filepath.Join(t.TempDir(), "nope")}, "reading kubeconfig"},
+		"operator URL query":   {[]string{"--node-name", "n", "--operator-url", "https://operator:9980/?x=1"}, "query"},
+		"plain HTTP operator":  {[]string{"--node-name", "n", "--operator-url", "http://operator:9980"}, "want https://host:port"},
+		"missing CA file":      {[]string{"--node-name", "n", "--ca-file", filepath.Join(t.TempDir(), "nope")}, "reading the module server's CA"},
+		"CA file without PEM":  {[]string{"--node-name", "n", "--ca-file", writeFile(t, "not a certificate")}, "holds no PEM certificate"},
+		"invalid node name":    {[]string{"--node-name", "Node_A", "--ca-file", ca, "--kubeconfig", writeKubeconfig(t)}, "not a valid object name"},
+		"log level":            {[]string{"--node-name", "n", "--ca-file", ca, "--log-level", "loud"}, "--log-level"},
+		"missing kubeconfig":   {[]string{"--node-name", "n", "--ca-file", ca, "--kubeconfig", filepath.Join(t.TempDir(), "nope")}, "reading kubeconfig"},
 		"positional arguments": {[]string{"--node-name", "n", "registry.example.com/filters/x:v1"}, "unknown command"},
 	}
 	for name, tc := range cases {
@@ -41,6 +48,25 @@ func TestCacheCommandRefusesBadFlags(t *testing.T) {
 			}
 		})
 	}
+}
+
+// writeCA writes a module server CA as the operator makes one.
+func writeCA(t *testing.T) string {
+	t.Helper()
+	data, err := cacheprotocol.NewServingSecretData(cacheprotocol.ServiceDNSNames("wasme"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writeFile(t, string(data[cacheprotocol.CAKey]))
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // writeKubeconfig writes a syntactically valid kubeconfig; the commands under test fail

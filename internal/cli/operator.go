@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
@@ -25,6 +26,8 @@ type operatorOptions struct {
 	leaderElect             bool
 	leaderElectionNamespace string
 	cacheUsers              []string
+	moduleTLSSecret         string
+	moduleCAConfigMap       string
 	resolveInterval         time.Duration
 	cacheReportDelay        time.Duration
 	cacheHeartbeatGrace     time.Duration
@@ -108,10 +111,12 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 			if ns == "" {
 				ns = os.Getenv("POD_NAMESPACE")
 			}
+			ownNS := cmp.Or(os.Getenv("POD_NAMESPACE"), "wasme")
 			return operator.Run(cmd.Context(), cfg, operator.Options{
 				MetricsAddr: o.metricsAddr, ProbeAddr: o.probeAddr, ModuleAddr: o.moduleAddr,
 				LeaderElection: o.leaderElect, LeaderElectionNamespace: ns,
-				CacheUsers: o.cacheUsers, ResolveInterval: o.resolveInterval, CacheReportDelay: o.cacheReportDelay,
+				CacheUsers: o.cacheUsers, Namespace: ownNS, ModuleTLSSecret: o.moduleTLSSecret, ModuleCAConfigMap: o.moduleCAConfigMap,
+				ResolveInterval: o.resolveInterval, CacheReportDelay: o.cacheReportDelay,
 				CacheHeartbeatGrace:     o.cacheHeartbeatGrace,
 				Images:                  operator.RegistryImages{Options: imgOpts, Egress: egress},
 				AllowInsecureRegistries: o.allowInsecure,
@@ -132,6 +137,8 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 	f.StringVar(&o.metricsAddr, "metrics-bind-address", ":8080", `Prometheus metrics address; "0" turns it off`)
 	f.StringVar(&o.probeAddr, "health-probe-bind-address", ":8081", "/healthz and /readyz address")
 	f.StringVar(&o.moduleAddr, "module-bind-address", cacheprotocol.DefaultAddr, "address serving modules to the node caches")
+	f.StringVar(&o.moduleTLSSecret, "module-tls-secret", cacheprotocol.DefaultTLSSecret, "kubernetes.io/tls Secret (with ca.crt) in $POD_NAMESPACE the module server serves with; created with a new CA if missing")
+	f.StringVar(&o.moduleCAConfigMap, "module-ca-configmap", cacheprotocol.DefaultCAConfigMap, "ConfigMap in $POD_NAMESPACE where the operator publishes the module server's CA for the node caches")
 	f.BoolVar(&o.leaderElect, "leader-elect", false, "elect one active replica (all replicas serve modules)")
 	f.StringVar(&o.leaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader lease; default $POD_NAMESPACE")
 	f.StringSliceVar(&o.cacheUsers, "cache-user", []string{cacheprotocol.DefaultAllowedUser}, "user names (ServiceAccounts) allowed to fetch modules")

@@ -94,6 +94,35 @@ func TestFaults(t *testing.T) {
 			wantMessage: "401 Unauthorized",
 		},
 		{
+			name: "a token of the API server's audience (a pod's default token)",
+			inject: func(t *testing.T, op *operator, _ *atomic.Bool) func() {
+				good, err := os.ReadFile(op.tokenFile)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, apiToken, err := env.ServiceAccountConfig(context.Background(), op.ns, "wasme-cache")
+				if err != nil {
+					t.Fatal(err)
+				}
+				writeToken(t, op.tokenFile, apiToken)
+				return func() { writeToken(t, op.tokenFile, string(good)) }
+			},
+			wantMessage: "401 Unauthorized",
+		},
+		{
+			name: "a module server certificate of another CA",
+			inject: func(t *testing.T, op *operator, _ *atomic.Bool) func() {
+				good, err := os.ReadFile(op.caFile)
+				if err != nil {
+					t.Fatal(err)
+				}
+				writeToken(t, op.caFile, string(servingTLS(t).CAPEM))
+				// The daemon reads the CA file again when the kubelet updates it.
+				return func() { writeToken(t, op.caFile, string(good)) }
+			},
+			wantMessage: "the module server's certificate is not signed by the CA in",
+		},
+		{
 			name: "disk full",
 			inject: func(t *testing.T, op *operator, full *atomic.Bool) func() {
 				full.Store(true)

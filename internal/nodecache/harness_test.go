@@ -3,6 +3,7 @@ package nodecache
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -51,6 +52,7 @@ type operator struct {
 	srv       *cacheprotocol.Server
 	url       string
 	tokenFile string
+	caFile    string
 	ns        string
 
 	mu      sync.Mutex
@@ -68,14 +70,17 @@ func startOperator(t *testing.T) *operator {
 	var err error
 	op.srv, err = cacheprotocol.New(cacheprotocol.Options{
 		Client:        env.IndexedReader(t, cacheprotocol.IndexFilterDeployments),
-		Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, time.Minute),
+		Authenticator: cacheprotocol.NewTokenReviewAuthenticator(env.Client, time.Minute, cacheprotocol.Audience),
 		AllowedUsers:  []string{"system:serviceaccount:" + ns + ":wasme-cache"},
 		Registerer:    prometheus.NewRegistry(),
+		// The daemons retry every few milliseconds here; the budget of rejections is
+		// cacheprotocol's test, not this one's.
+		RejectBurst: 1 << 20,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		op.mu.Lock()
 		fault := op.fault
 		op.mu.Unlock()
@@ -92,9 +97,40 @@ func startOperator(t *testing.T) *operator {
 			op.mu.Unlock()
 		}
 	}))
+	// Over TLS with a certificate as the operator makes one, verified by the daemons.
+	serving := servingTLS(t)
+	ts.TLS = serving.TLSConfig()
+	ts.StartTLS()
 	t.Cleanup(ts.Close)
 	op.url = ts.URL
+	op.caFile = filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(op.caFile, serving.CAPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return op
+}
+
+// servingTLS is a certificate for the module server's Service and its CA, made as the
+// operator makes them into the Secret.
+func servingTLS(t *testing.T) *cacheprotocol.ServingTLS {
+	t.Helper()
+	data, err := cacheprotocol.NewServingSecretData(cacheprotocol.ServiceDNSNames("wasme"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(data[corev1.TLSCertKey], data[corev1.TLSPrivateKeyKey])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cacheprotocol.ServingTLS{Certificate: cert, CAPEM: data[cacheprotocol.CAKey]}
+}
+
+// clientOptions are a daemon's options of a client of op, as the DaemonSet gives them.
+func (op *operator) clientOptions(node string) cacheprotocol.ClientOptions {
+	return cacheprotocol.ClientOptions{
+		URL: op.url, ServerName: cacheprotocol.ServerName("wasme"),
+		TokenFile: op.tokenFile, CAFile: op.caFile, NodeName: node,
+	}
 }
 
 func (op *operator) setFault(f func(w http.ResponseWriter, r *http.Request) bool) {
@@ -129,7 +165,8 @@ func serviceAccountToken(t *testing.T, ns, name string) string {
 	if err := env.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}); err != nil {
 		t.Fatalf("creating ServiceAccount %s: %v", name, err)
 	}
-	_, token, err := env.ServiceAccountConfig(ctx, ns, name)
+	// Of the module server's audience, as the DaemonSet's projected volume holds it.
+	token, err := env.AudienceToken(ctx, ns, name, cacheprotocol.Audience)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +224,7 @@ type node struct {
 // storeHook, if set, adjusts its store before it runs (fault injection).
 func startNode(t *testing.T, op *operator, name, dir string, adjust func(*Options), storeHook func(*Store)) *node {
 	t.Helper()
-	src, err := cacheprotocol.NewClient(op.url, op.tokenFile, name)
+	src, err := cacheprotocol.NewClient(op.clientOptions(name))
 	if err != nil {
 		t.Fatal(err)
 	}

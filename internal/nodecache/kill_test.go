@@ -31,7 +31,10 @@ func runChild() int {
 	if err != nil {
 		return fail(err)
 	}
-	src, err := cacheprotocol.NewClient(os.Getenv("CHILD_OPERATOR_URL"), os.Getenv("CHILD_TOKEN_FILE"), os.Getenv("CHILD_NODE"))
+	src, err := cacheprotocol.NewClient(cacheprotocol.ClientOptions{
+		URL: os.Getenv("CHILD_OPERATOR_URL"), ServerName: cacheprotocol.ServerName("wasme"),
+		TokenFile: os.Getenv("CHILD_TOKEN_FILE"), CAFile: os.Getenv("CHILD_CA_FILE"), NodeName: os.Getenv("CHILD_NODE"),
+	})
 	if err != nil {
 		return fail(err)
 	}
@@ -83,7 +86,7 @@ func TestKilledDuringDownload(t *testing.T) {
 	const nodeName = "killed-1"
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"=1", "CHILD_KUBECONFIG="+env.Kubeconfig(t), "CHILD_DIR="+dir,
-		"CHILD_NODE="+nodeName, "CHILD_OPERATOR_URL="+op.url, "CHILD_TOKEN_FILE="+op.tokenFile)
+		"CHILD_NODE="+nodeName, "CHILD_OPERATOR_URL="+op.url, "CHILD_TOKEN_FILE="+op.tokenFile, "CHILD_CA_FILE="+op.caFile)
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {

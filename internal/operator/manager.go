@@ -38,6 +38,15 @@ type Options struct {
 	LeaderElectionNamespace string
 	// CacheUsers may fetch modules: the node cache daemons' ServiceAccount user names.
 	CacheUsers []string
+	// Namespace is the operator's own: it holds the module server's Secret and CA ConfigMap.
+	// Empty means "wasme".
+	Namespace string
+	// ModuleTLSSecret is the module server's certificate Secret in Namespace, created with a
+	// new CA when missing. Empty means cacheprotocol.DefaultTLSSecret.
+	ModuleTLSSecret string
+	// ModuleCAConfigMap is where the Secret's CA is published for the node caches. Empty
+	// means cacheprotocol.DefaultCAConfigMap.
+	ModuleCAConfigMap string
 	// ResolveInterval is how often tags are resolved again.
 	ResolveInterval time.Duration
 	// CacheReportDelay gathers node cache reports into one pass per FilterDeployment; zero
@@ -142,11 +151,25 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	if err := cacheprotocol.IndexFilterDeployments(ctx, mgr.GetFieldIndexer()); err != nil {
 		return err
 	}
+	// Before serving anything: without its certificate the module server cannot start, and
+	// the manager's client does not read until the manager starts, so read directly.
+	direct, err := client.New(cfg, client.Options{Scheme: o.Scheme})
+	if err != nil {
+		return fmt.Errorf("creating a client: %w", err)
+	}
+	tlsCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	serving, err := cacheprotocol.EnsureServingTLS(tlsCtx, direct, cmp.Or(o.Namespace, "wasme"),
+		cmp.Or(o.ModuleTLSSecret, cacheprotocol.DefaultTLSSecret), cmp.Or(o.ModuleCAConfigMap, cacheprotocol.DefaultCAConfigMap))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("the module server's certificate: %w", err)
+	}
 	ms, err := cacheprotocol.New(cacheprotocol.Options{
 		Client:         mgr.GetClient(),
-		Authenticator:  cacheprotocol.NewTokenReviewAuthenticator(mgr.GetClient(), time.Minute),
+		Authenticator:  cacheprotocol.NewTokenReviewAuthenticator(mgr.GetClient(), time.Minute, cacheprotocol.Audience),
 		AllowedUsers:   o.CacheUsers,
 		Addr:           o.ModuleAddr,
+		TLSConfig:      serving.TLSConfig(),
 		Store:          store,
 		MaxModuleBytes: o.MaxModuleBytes,
 		Log:            o.Log.WithName("moduleserver"),

@@ -18,4 +18,6 @@ package operator
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create,namespace=wasme
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;create;update,namespace=wasme
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete,namespace=wasme

@@ -13,12 +13,15 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"wasme.io/wasme/internal/cacheprotocol"
@@ -56,6 +59,9 @@ type OperatorOptions struct {
 type Operator struct {
 	// ModuleAddr is the module server's address.
 	ModuleAddr string
+	// CAPEM is the CA of the module server's certificate, as the operator published it in
+	// ConfigMap wasme/wasme-module-ca.
+	CAPEM []byte
 
 	cancel context.CancelFunc
 	done   chan error
@@ -98,6 +104,11 @@ func StartOperator(ctx context.Context, o OperatorOptions) (*Operator, error) {
 	for {
 		if c, err := net.Dial("tcp", addr); err == nil {
 			c.Close()
+			// The certificate was made before the server listened, so the CA is out.
+			if op.CAPEM, err = readCA(ctx, o.Config, o.Scheme); err != nil {
+				_ = op.Stop()
+				return nil, err
+			}
 			return op, nil
 		}
 		select {
@@ -133,6 +144,32 @@ func (o *Operator) closeLog() {
 	}
 }
 
+func readCA(ctx context.Context, cfg *rest.Config, scheme *runtime.Scheme) ([]byte, error) {
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, err
+	}
+	cm := &corev1.ConfigMap{}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: "wasme", Name: cacheprotocol.DefaultCAConfigMap}, cm); err != nil {
+		return nil, fmt.Errorf("reading the module server's CA: %w", err)
+	}
+	return []byte(cm.Data[cacheprotocol.CAKey]), nil
+}
+
+// ClientOptions are the options of a node cache's client of this operator's module server,
+// as the DaemonSet gives them: the CA (written into dir) and the Service's name to verify,
+// the token in tokenFile.
+func (o *Operator) ClientOptions(dir, tokenFile, nodeName string) (cacheprotocol.ClientOptions, error) {
+	caFile := filepath.Join(dir, "module-ca.crt")
+	if err := os.WriteFile(caFile, o.CAPEM, 0o600); err != nil {
+		return cacheprotocol.ClientOptions{}, err
+	}
+	return cacheprotocol.ClientOptions{
+		URL: "https://" + o.ModuleAddr, ServerName: cacheprotocol.ServerName("wasme"),
+		TokenFile: tokenFile, CAFile: caFile, NodeName: nodeName,
+	}, nil
+}
+
 // NodeCacheOptions configure StartNodeCache.
 type NodeCacheOptions struct {
 	// NodeName is the Node the daemon runs for.
@@ -141,11 +178,11 @@ type NodeCacheOptions struct {
 	Dir string
 	// Config reaches the API server as the node cache.
 	Config *rest.Config
-	// Source is where modules come from; nil means the operator's module server at
-	// OperatorURL with the token in TokenFile.
+	// Source is where modules come from; nil means a client of the operator's module server
+	// with Client.
 	Source nodecache.Source
-	// OperatorURL and TokenFile make the default Source.
-	OperatorURL, TokenFile string
+	// Client makes the default Source (see Operator.ClientOptions).
+	Client cacheprotocol.ClientOptions
 	// LogPath receives the daemon's log lines; empty discards them.
 	LogPath string
 }
@@ -170,7 +207,7 @@ type NodeCache struct {
 func StartNodeCache(ctx context.Context, o NodeCacheOptions) (*NodeCache, error) {
 	src := o.Source
 	if src == nil {
-		s, err := cacheprotocol.NewClient(o.OperatorURL, o.TokenFile, o.NodeName)
+		s, err := cacheprotocol.NewClient(o.Client)
 		if err != nil {
 			return nil, err
 		}

@@ -50,24 +50,30 @@ func (c *Cluster) StartWasme(ctx context.Context, o WasmeOptions) error {
 		}
 	})
 
-	_, token, err := c.Env.ServiceAccountConfig(ctx, "wasme", "wasme-cache")
-	if err != nil {
-		return err
-	}
-	tokenFile := filepath.Join(c.Dir, "wasme-cache.token")
-	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
-		return err
-	}
 	for _, n := range c.Nodes {
-		// As the kubelet mounts it: a token bound to a pod on this node.
+		// As the kubelet mounts them: a token bound to a pod on this node for the API server,
+		// and one of audience wasme-cache for the module server.
 		cacheCfg, err := c.Env.NodeCacheConfig(ctx, "wasme", n.Name)
+		if err != nil {
+			return err
+		}
+		token, err := c.Env.CacheToken(ctx, "wasme", n.Name)
+		if err != nil {
+			return err
+		}
+		dir := filepath.Dir(n.CacheDir)
+		tokenFile := filepath.Join(dir, "module-token")
+		if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+			return err
+		}
+		clientOpts, err := op.ClientOptions(dir, tokenFile, n.Name)
 		if err != nil {
 			return err
 		}
 		nc, err := components.StartNodeCache(ctx, components.NodeCacheOptions{
 			NodeName: n.Name, Dir: n.CacheDir, Config: cacheCfg,
-			OperatorURL: "http://" + op.ModuleAddr, TokenFile: tokenFile,
-			LogPath: filepath.Join(filepath.Dir(n.CacheDir), "cache.log"),
+			Client:  clientOpts,
+			LogPath: filepath.Join(dir, "cache.log"),
 		})
 		if err != nil {
 			return err

@@ -19,6 +19,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
@@ -32,6 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/kube"
 	"wasme.io/wasme/internal/testing/tools"
 )
@@ -124,6 +126,12 @@ func StartWith(o Options) (*Env, error) {
 		_ = env.Stop()
 		return nil, err
 	}
+	// The operator's namespace, where it keeps the module server's certificate, exists in a
+	// cluster before the operator starts (deploy/wasme.yaml makes it).
+	if err := e.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "wasme"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		_ = env.Stop()
+		return nil, fmt.Errorf("creating namespace wasme: %w", err)
+	}
 	return e, nil
 }
 
@@ -154,6 +162,23 @@ func (e *Env) ServiceAccountConfig(ctx context.Context, ns, name string) (*rest.
 	cfg := rest.AnonymousClientConfig(e.Config)
 	cfg.BearerToken = tr.Status.Token
 	return cfg, tr.Status.Token, nil
+}
+
+// AudienceToken returns a token of an existing ServiceAccount for audience, from the
+// TokenRequest API (valid a day).
+func (e *Env) AudienceToken(ctx context.Context, ns, name, audience string) (string, error) {
+	cs, err := kubernetes.NewForConfig(e.Config)
+	if err != nil {
+		return "", err
+	}
+	exp := int64(24 * 3600)
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp, Audiences: []string{audience}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("token of audience %s for %s/%s: %w", audience, ns, name, err)
+	}
+	return tr.Status.Token, nil
 }
 
 // PodBoundToken returns a token of ServiceAccount ns/name bound to a pod on node, as the
@@ -205,6 +230,13 @@ func (e *Env) NodeCacheConfig(ctx context.Context, ns, node string) (*rest.Confi
 		return nil, err
 	}
 	return e.TokenConfig(token), nil
+}
+
+// CacheToken is the token the node cache on node presents to the module server: ServiceAccount
+// ns/wasme-cache's, bound to a pod on node, of audience cacheprotocol.Audience, as the
+// DaemonSet's projected volume holds it.
+func (e *Env) CacheToken(ctx context.Context, ns, node string) (string, error) {
+	return e.PodBoundToken(ctx, ns, "wasme-cache", node, cacheprotocol.Audience, 24*time.Hour)
 }
 
 // TokenConfig returns a rest.Config that authenticates with token alone.
