@@ -233,6 +233,12 @@ func TestValues(t *testing.T) {
 					}
 				}
 			}},
+		{name: "the module server's Secret", args: []string{"--set", "operator.moduleTLSSecret=module-tls-from-cert-manager"},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				if op := containerArgs(t, objs, "Deployment", "wasme-operator"); !slices.Contains(op, "--module-tls-secret=module-tls-from-cert-manager") {
+					t.Errorf("operator args %v", op)
+				}
+			}},
 		{name: "bad log level", args: []string{"--set", "logLevel=loud"}, wantErr: `logLevel "loud": want debug, info, warn or error`},
 		{name: "cache directory", args: []string{"--set", "cache.directory=/srv/wasme/modules"},
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
@@ -275,7 +281,7 @@ func TestValues(t *testing.T) {
 		{name: "unclean cache directory", args: []string{"--set", "cache.directory=/srv/../data/"}, wantErr: `cache.directory "/srv/../data/": want an absolute`},
 		{name: "another namespace", ns: "platform",
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
-				if !slices.Contains(containerArgs(t, objs, "DaemonSet", "wasme-cache"), "--operator-url=http://wasme-operator.platform.svc:9980") {
+				if !slices.Contains(containerArgs(t, objs, "DaemonSet", "wasme-cache"), "--operator-url=https://wasme-operator.platform.svc:9980") {
 					t.Errorf("cache args %v", containerArgs(t, objs, "DaemonSet", "wasme-cache"))
 				}
 				if !slices.Contains(containerArgs(t, objs, "Deployment", "wasme-operator"), "--cache-user=system:serviceaccount:platform:wasme-cache") {
