@@ -60,11 +60,11 @@ stores it as <directory>/<sha256 hex> for the node's Envoy sidecars, serves it o
 			if o.prepareOwner != "" {
 				return prepareDirectory(o.directory, o.prepareOwner, s.out)
 			}
-			opts, err := o.daemonOptions()
+			log, err := o.log.logger(s.errOut)
 			if err != nil {
 				return err
 			}
-			log, err := o.log.logger(s.errOut)
+			opts, err := o.daemonOptions()
 			if err != nil {
 				return err
 			}
