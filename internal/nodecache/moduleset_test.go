@@ -83,8 +83,9 @@ func TestNoModuleSetKeepsTheDirectory(t *testing.T) {
 	}
 	createNode(t, "no-moduleset")
 	// A source nobody listens on: nothing needs fetching here.
-	op := &operator{url: "http://127.0.0.1:1", tokenFile: filepath.Join(t.TempDir(), "token")}
+	op := &operator{url: "https://127.0.0.1:1", tokenFile: filepath.Join(t.TempDir(), "token"), caFile: filepath.Join(t.TempDir(), "ca.crt")}
 	writeToken(t, op.tokenFile, "unused")
+	writeToken(t, op.caFile, string(servingTLS(t).CAPEM))
 	startNode(t, op, "no-moduleset", dir, func(o *Options) { o.GracePeriod = -1 }, nil)
 	// Reported Ready by the first sync, the one that collects unneeded files at once (grace -1).
 	waitModule(t, "no-moduleset", h, wasmev1.ModuleReady)
