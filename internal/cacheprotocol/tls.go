@@ -79,7 +79,7 @@ func EnsureServingTLS(ctx context.Context, c client.Client, namespace, secretNam
 	}
 	st, err := parseServingSecret(secret)
 	if err != nil {
-		return nil, fmt.Errorf("Secret %s/%s: %w", namespace, secretName, err)
+		return nil, fmt.Errorf("the module server's Secret %s/%s: %w", namespace, secretName, err)
 	}
 	if err := publishCA(ctx, c, namespace, caConfigMap, st.CAPEM); err != nil {
 		return nil, err

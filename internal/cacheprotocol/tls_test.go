@@ -107,7 +107,7 @@ func TestEnsureServingTLS(t *testing.T) {
 					t.Fatal(err)
 				}
 				_, err := cacheprotocol.EnsureServingTLS(ctx, env.Client, ns, s.Name, "module-ca-"+s.Name)
-				if err == nil || !strings.Contains(err.Error(), "Secret "+ns+"/"+s.Name) {
+				if err == nil || !strings.Contains(err.Error(), "Secret "+ns+"/"+s.Name+":") {
 					t.Fatalf("EnsureServingTLS: %v, want an error naming the Secret", err)
 				}
 			})
