@@ -61,11 +61,21 @@ env_of() {
 flags_of() {
   case "$1" in
     containerd) echo -tags=no_btrfs,no_devmapper,no_zfs ;;
+    kube-apiserver) version_flag_of "$1" ;;
+  esac
+}
+
+# kube-apiserver reports its pin as its version (what kubectl version and Helm's kubeVersion
+# check read); a plain go build leaves v0.0.0-master, which no chart's kubeVersion admits.
+# The flag is part of the build's key; modules without one keep theirs.
+version_flag_of() {
+  case "$1" in
+    kube-apiserver) echo "-ldflags=-X=k8s.io/component-base/version.gitVersion=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/$1/go.mod")" ;;
   esac
 }
 
 key_of() {
-  (cd "$here/$1" && cat go.mod go.sum $(ls *.go 2>/dev/null) | sha256sum | cut -c1-16)
+  (cd "$here/$1" && { cat go.mod go.sum $(ls *.go 2>/dev/null); version_flag_of "$1"; } | sha256sum | cut -c1-16)
 }
 
 dir_of() { echo "$cache/$1-$(key_of "$1")"; }

@@ -176,6 +176,32 @@ func TestValues(t *testing.T) {
 					}
 				}
 			}},
+		{name: "image digest", args: []string{"--set", "image.repository=registry.example.com/wasme,image.digest=sha256:" + strings.Repeat("ab", 32)},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				want := "registry.example.com/wasme@sha256:" + strings.Repeat("ab", 32)
+				for _, w := range [][2]string{{"Deployment", "wasme-operator"}, {"DaemonSet", "wasme-cache"}} {
+					for _, f := range []string{"containers", "initContainers"} {
+						cs, _ := podField(t, objs, w[0], w[1], f).([]any)
+						for _, c := range cs {
+							if img := c.(map[string]any)["image"]; img != want {
+								t.Errorf("%s %s: image %v, want %s", w[1], f, img, want)
+							}
+						}
+					}
+				}
+			}},
+		{name: "no cluster DNS", args: []string{"--set", "operator.service.clusterIP=10.96.0.100",
+			"--set-json", `cache.hostAliases=[{"ip":"10.96.0.100","hostnames":["wasme-operator.wasme.svc"]}]`},
+			check: func(t *testing.T, objs []*unstructured.Unstructured) {
+				ip, _, _ := unstructured.NestedString(find(objs, "Service", "wasme-operator").Object, "spec", "clusterIP")
+				if ip != "10.96.0.100" {
+					t.Errorf("operator Service clusterIP %q", ip)
+				}
+				want := []any{map[string]any{"ip": "10.96.0.100", "hostnames": []any{"wasme-operator.wasme.svc"}}}
+				if v := podField(t, objs, "DaemonSet", "wasme-cache", "hostAliases"); !reflect.DeepEqual(v, want) {
+					t.Errorf("cache hostAliases %v", v)
+				}
+			}},
 		{name: "replicas with leader election", args: []string{"--set", "operator.replicas=3"},
 			check: func(t *testing.T, objs []*unstructured.Unstructured) {
 				n, _, _ := unstructured.NestedFieldNoCopy(find(objs, "Deployment", "wasme-operator").Object, "spec", "replicas")

@@ -43,35 +43,8 @@ func install(t *testing.T, n *node.Node) {
 	defer cancel()
 	root := tools.RepoRoot()
 	dir := t.TempDir()
-	refFile := filepath.Join(dir, "wasme-image.ref")
-	cmd := exec.CommandContext(ctx, "go", "run", "./hack/image", "-platforms", "linux/"+runtime.GOARCH,
-		"-push", n.Registry.Host+"/wasme:test", "-ref-file", refFile)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("make image (go run ./hack/image): %v\n%s", err, out)
-	}
-	ref, err := os.ReadFile(refFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	image := n.NodeRef(strings.TrimSpace(string(ref)))
-	name, digest, ok := strings.Cut(image, "@")
-	if !ok {
-		t.Fatalf("hack/image wrote %q, want a digest-pinned reference", ref)
-	}
-
-	istioCRDs, err := testenv.IstioCRDs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{filepath.Join(root, "deploy", "crds.yaml"), istioCRDs} {
-		if _, err := n.Kubectl(ctx, "apply", "--server-side", "-f", f); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := n.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=2m", "crd", "--all"); err != nil {
-		t.Fatal(err)
-	}
+	name, digest := wasmeImage(t, n)
+	installCRDs(ctx, t, n, filepath.Join(root, "deploy", "crds.yaml"))
 
 	manifest, err := os.ReadFile(filepath.Join(root, "deploy", "wasme.yaml"))
 	if err != nil {
@@ -120,6 +93,55 @@ patches:
 		}
 	}
 	installed = true
+}
+
+var wasmeImageName, wasmeImageDigest string
+
+// wasmeImage builds and pushes, once per run, the image `make image` (hack/image) builds to
+// the node's registry and returns it as the node pulls it: repository and digest.
+func wasmeImage(t *testing.T, n *node.Node) (name, digest string) {
+	t.Helper()
+	if wasmeImageName != "" {
+		return wasmeImageName, wasmeImageDigest
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	refFile := filepath.Join(t.TempDir(), "wasme-image.ref")
+	cmd := exec.CommandContext(ctx, "go", "run", "./hack/image", "-platforms", "linux/"+runtime.GOARCH,
+		"-push", n.Registry.Host+"/wasme:test", "-ref-file", refFile)
+	cmd.Dir = tools.RepoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make image (go run ./hack/image): %v\n%s", err, out)
+	}
+	ref, err := os.ReadFile(refFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	image := n.NodeRef(strings.TrimSpace(string(ref)))
+	name, digest, ok := strings.Cut(image, "@")
+	if !ok {
+		t.Fatalf("hack/image wrote %q, want a digest-pinned reference", ref)
+	}
+	wasmeImageName, wasmeImageDigest = name, digest
+	return name, digest
+}
+
+// installCRDs applies the given CRD files and Istio's (the operator watches EnvoyFilters)
+// and waits until every CRD is served.
+func installCRDs(ctx context.Context, t *testing.T, n *node.Node, files ...string) {
+	t.Helper()
+	istioCRDs, err := testenv.IstioCRDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range append(files, istioCRDs) {
+		if _, err := n.Kubectl(ctx, "apply", "--server-side", "-f", f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := n.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=2m", "crd", "--all"); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // wasmeProcess finds the host pid of the container process running `/wasme <verb>`.

@@ -8,7 +8,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
 {{- define "wasme.image" -}}
-{{ printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag }}
+{{- end }}
 {{- end -}}
 
 {{/* Flags both components take: emitted only when they differ from the binary's defaults. */}}
