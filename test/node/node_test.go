@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -69,10 +70,13 @@ func detailsDeployment(ns, name, image string, replicas int32) *appsv1.Deploymen
 }
 
 // waitDeploymentReady waits until every replica of the Deployment's latest generation is
-// updated and ready; the error names the pods' states.
+// updated and ready. A pod whose image cannot be pulled because it does not exist or the
+// registry refused it ends the wait at once with that cause in one line; on timeout the
+// error names the pods' states.
 func waitDeploymentReady(ctx context.Context, cs kubernetes.Interface, ns, name string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	var pulling string // the last pull failure that may still clear (a network error, say)
 	for {
 		d, err := cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
 		if err == nil && d.Status.ObservedGeneration >= d.Generation && d.Spec.Replicas != nil &&
@@ -80,12 +84,74 @@ func waitDeploymentReady(ctx context.Context, cs kubernetes.Interface, ns, name 
 			d.Status.Replicas == *d.Spec.Replicas {
 			return nil
 		}
+		if err == nil {
+			if msg, final := pullFailureOf(ctx, cs, d); final {
+				return fmt.Errorf("deployment %s/%s: %s", ns, name, msg)
+			} else if msg != "" {
+				pulling = msg
+			}
+		}
 		select {
 		case <-ctx.Done():
+			if pulling != "" {
+				return fmt.Errorf("deployment %s/%s not ready: %w: %s", ns, name, ctx.Err(), pulling)
+			}
 			return fmt.Errorf("deployment %s/%s not ready: %w; pods: %s", ns, name, ctx.Err(), podStates(cs, ns))
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// pullFailureOf is the first image pull failure among the Deployment's pods, in one line, and
+// whether it is final (the image does not exist, or the registry refused the pull).
+func pullFailureOf(ctx context.Context, cs kubernetes.Interface, d *appsv1.Deployment) (string, bool) {
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	if err != nil {
+		return "", false
+	}
+	pods, err := cs.CoreV1().Pods(d.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return "", false
+	}
+	var first string
+	for _, p := range pods.Items {
+		for _, c := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+			w := c.State.Waiting
+			if w == nil {
+				continue
+			}
+			msg, final := pullFailure(c.Image, w.Reason, w.Message)
+			if msg == "" {
+				continue
+			}
+			msg = fmt.Sprintf("pod %s container %s: %s", p.Name, c.Name, msg)
+			if final {
+				return msg, true
+			}
+			if first == "" {
+				first = msg
+			}
+		}
+	}
+	return first, false
+}
+
+// pullFailure names why kubelet cannot pull image, from a waiting container's reason and
+// message, in one line: "" when the container does not wait for a pull; final when retrying
+// cannot help: the image does not exist, or the registry refused the pull.
+func pullFailure(image, reason, message string) (string, bool) {
+	if reason != "ErrImagePull" && reason != "ImagePullBackOff" {
+		return "", false
+	}
+	message = strings.Join(strings.Fields(message), " ")
+	lower := strings.ToLower(message)
+	switch {
+	case strings.Contains(lower, "not found") || strings.Contains(lower, "manifest unknown") || strings.Contains(lower, "name unknown"):
+		return fmt.Sprintf("image %s not found in its registry (%s: %s)", image, reason, message), true
+	case strings.Contains(lower, "unauthorized") || strings.Contains(lower, "forbidden") || strings.Contains(lower, "denied"):
+		return fmt.Sprintf("pull of image %s refused by its registry (%s: %s)", image, reason, message), true
+	}
+	return fmt.Sprintf("pulling image %s fails (%s: %s)", image, reason, message), false
 }
 
 func podStates(cs kubernetes.Interface, ns string) string {
@@ -193,5 +259,55 @@ func TestPodReady(t *testing.T) {
 	}
 	if !strings.Contains(body, `"author":"William Shakespeare"`) {
 		t.Fatalf("GET %s = %s, want the details answer", url, body)
+	}
+}
+
+// TestImageNotFound creates a Deployment whose image is not in the node's registry: the
+// wait for it ends with the cause, named in one line, not with a timeout.
+func TestImageNotFound(t *testing.T) {
+	n := sharedNode(t)
+	ctx := context.Background()
+	ns := newNamespace(t, n.Clientset, "pull-missing")
+	image := n.RegistryHost + "/does-not-exist:v1"
+	if _, err := n.Clientset.AppsV1().Deployments(ns).Create(ctx, detailsDeployment(ns, "missing", image, 1), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	err := waitDeploymentReady(ctx, n.Clientset, ns, "missing", 3*time.Minute)
+	t.Logf("waitDeploymentReady: %v", err)
+	switch {
+	case err == nil:
+		t.Fatal("a Deployment of an image that does not exist became ready")
+	case errors.Is(err, context.DeadlineExceeded):
+		t.Fatalf("the wait ran out instead of naming the cause: %v", err)
+	case !strings.Contains(err.Error(), "image "+image+" not found"), strings.Contains(err.Error(), "\n"):
+		t.Errorf("error %q: want one line naming image %s not found", err, image)
+	}
+	if err := n.Clientset.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestPullFailure classifies kubelet's pull errors as containerd reports them.
+func TestPullFailure(t *testing.T) {
+	const img = "registry.example.com/app:v1"
+	for _, tc := range []struct {
+		reason, message string
+		want            string
+		final           bool
+	}{
+		{"ErrImagePull", `rpc error: code = NotFound desc = failed to pull and unpack image "registry.example.com/app:v1": failed to resolve reference "registry.example.com/app:v1": registry.example.com/app:v1: not found`,
+			"image " + img + " not found in its registry (ErrImagePull: rpc error: code = NotFound", true},
+		{"ImagePullBackOff", `Back-off pulling image "registry.example.com/app:v1": ErrImagePull: failed to resolve reference: unexpected status from HEAD request: 401 Unauthorized`,
+			"pull of image " + img + " refused by its registry (ImagePullBackOff: Back-off", true},
+		{"ErrImagePull", "failed to authorize: failed to fetch anonymous token: 403 Forbidden", "pull of image " + img + " refused", true},
+		{"ErrImagePull", "failed to do request: dial tcp 192.0.2.1:443: connect: connection refused\nretrying",
+			"pulling image " + img + " fails (ErrImagePull: failed to do request: dial tcp 192.0.2.1:443: connect: connection refused retrying)", false},
+		{"ContainerCreating", "", "", false},
+		{"CrashLoopBackOff", "back-off 10s restarting failed container", "", false},
+	} {
+		got, final := pullFailure(img, tc.reason, tc.message)
+		if !strings.HasPrefix(got, tc.want) || final != tc.final || strings.Contains(got, "\n") || (tc.want == "") != (got == "") {
+			t.Errorf("pullFailure(%q, %q) = %q, %v; want prefix %q, %v", tc.reason, tc.message, got, final, tc.want, tc.final)
+		}
 	}
 }
