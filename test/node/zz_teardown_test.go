@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"wasme.io/wasme/internal/testing/node"
 )
 
 // hostState is what of the host a node may change: it is compared before and after.
@@ -149,6 +151,13 @@ func TestTeardown(t *testing.T) {
 		t.Fatalf("stopping the node: %v", err)
 	}
 	shared = nil
+	// Another test binary's node may start the moment ours released the lock; look at the host
+	// while no node can run.
+	l, err := node.Lock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
 	after, err := snapshotHost()
 	if err != nil {
 		t.Fatal(err)

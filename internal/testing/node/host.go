@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,6 +134,10 @@ func lock() (*os.File, error) {
 	}
 	return f, nil
 }
+
+// Lock takes the machine-wide node lock, which Start holds for a node's whole life: holding it,
+// a test sees the host with no other test's node on it. Close releases it.
+func Lock() (io.Closer, error) { return lock() }
 
 // cleanupLeftovers undoes a node a dead test binary left behind (its state file says what).
 func cleanupLeftovers() error {
