@@ -14,7 +14,32 @@ type FilterDeploymentSpec struct {
 	// deployment selects the workloads whose Envoy sidecars get the filter.
 	// +required
 	Deployment DeploymentSpec `json:"deployment"`
+
+	// delivery is how the module reaches the proxies. "mount" is the original's: the node
+	// cache's hostPath is mounted into the sidecars through annotations (the pods roll once) and
+	// an EnvoyFilter loads the module from that file. "ecds" patches no workload: EnvoyFilters
+	// define the filter as an extension config (ECDS) whose code istio-agent fetches from the
+	// node-local cache Service and checks against the module's sha256. "auto" (the default)
+	// picks for the detected Istio and says in status.delivery which one and why; for now it
+	// always picks mount, since agent-side fetching is not yet proven with wasme's cache.
+	// +optional
+	// +kubebuilder:default=auto
+	Delivery Delivery `json:"delivery,omitempty"`
 }
+
+// Delivery is how a filter's module reaches the proxies: auto, ecds or mount.
+// +kubebuilder:validation:Enum=auto;ecds;mount
+type Delivery string
+
+// Deliveries.
+const (
+	// DeliveryAuto lets the operator pick ecds or mount for the detected Istio.
+	DeliveryAuto Delivery = "auto"
+	// DeliveryECDS delivers the filter as an Envoy extension config, patching no workload.
+	DeliveryECDS Delivery = "ecds"
+	// DeliveryMount mounts the node cache into the sidecars and loads the module from a file.
+	DeliveryMount Delivery = "mount"
+)
 
 // FilterSpec describes one proxy-wasm HTTP filter packaged as an OCI image.
 type FilterSpec struct {
@@ -207,6 +232,14 @@ type FilterDeploymentStatus struct {
 	// cacheNodes is how many ready node caches must hold the module.
 	// +optional
 	CacheNodes int32 `json:"cacheNodes,omitempty"`
+
+	// delivery is the delivery in effect, ecds or mount: spec.delivery, or what auto picked.
+	// +optional
+	Delivery Delivery `json:"delivery,omitempty"`
+
+	// deliveryMessage says why that delivery is in effect.
+	// +optional
+	DeliveryMessage string `json:"deliveryMessage,omitempty"`
 }
 
 // FilterDeployment deploys a WebAssembly filter from an OCI image into the Envoy sidecars of
@@ -219,6 +252,7 @@ type FilterDeploymentStatus struct {
 // +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.filter.image`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Workloads",type=string,JSONPath=`.status.workloadsReady`
+// +kubebuilder:printcolumn:name="Delivery",type=string,JSONPath=`.status.delivery`,priority=1
 // +kubebuilder:printcolumn:name="Cached",type=integer,JSONPath=`.status.cachedNodes`,priority=1
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].message`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -50,6 +50,9 @@ func TestSeedFilterDeploymentIsAccepted(t *testing.T) {
 	if got := fd.Spec.Deployment.Istio.IstioNamespace; got != "istio-system" {
 		t.Errorf("istioNamespace default = %q, want istio-system", got)
 	}
+	if got := fd.Spec.Delivery; got != wasmev1.DeliveryAuto {
+		t.Errorf("delivery default = %q, want auto", got)
+	}
 	if got := fd.FilterID(); got != "bookinfo-custom-filter."+ns {
 		t.Errorf("FilterID() = %q", got)
 	}
@@ -122,6 +125,8 @@ func TestValidSpecsAreAccepted(t *testing.T) {
 		"lower-case kind":  "  deployment:\n    istio:\n      kind: daemonset\n  filter:\n    image: f\n",
 		"upper-case kind":  "  deployment:\n    istio:\n      kind: STATEFULSET\n  filter:\n    image: f\n",
 		"kind defaulted":   "  deployment:\n    istio: {}\n  filter:\n    image: f\n",
+		"delivery ecds":    validDeployment + "  filter:\n    image: f\n  delivery: ecds\n",
+		"delivery mount":   validDeployment + "  filter:\n    image: f\n  delivery: mount\n",
 		"digest reference": validDeployment + "  filter:\n    image: registry.example.com/team/f@" + digest + "\n",
 		"tag and digest":   validDeployment + "  filter:\n    image: localhost:5000/f:v1@" + digest + "\n",
 		"all options": `  deployment:
@@ -169,6 +174,7 @@ func TestInvalidSpecsAreRefused(t *testing.T) {
 		{"short digest", validDeployment + "  filter:\n    image: f@sha256:abc\n", []string{"spec.filter.image", "must be an OCI image reference"}},
 		{"unknown kind", "  deployment:\n    istio:\n      kind: Pod\n  filter:\n    image: f\n", []string{"spec.deployment.istio.kind", "must be one of Deployment, DaemonSet, StatefulSet"}},
 		{"unknown patchContext", validDeployment + "  filter:\n    image: f\n    patchContext: sideways\n", []string{"spec.filter.patchContext", "must be one of any, inbound, outbound, gateway"}},
+		{"unknown delivery", validDeployment + "  filter:\n    image: f\n  delivery: push\n", []string{"spec.delivery", `supported values: "auto", "ecds", "mount"`}},
 		{"invalid label value", "  deployment:\n    istio:\n      labels:\n        app: 'not valid!'\n  filter:\n    image: f\n", []string{"spec.deployment.istio.labels", "must be a valid label value"}},
 		{"label value too long", "  deployment:\n    istio:\n      labels:\n        app: " + strings.Repeat("a", 64) + "\n  filter:\n    image: f\n", []string{"spec.deployment.istio.labels", "63"}},
 		{"invalid label key", "  deployment:\n    istio:\n      labels:\n        'bad key': x\n  filter:\n    image: f\n", []string{"spec.deployment.istio.labels", "keys must be valid label keys"}},

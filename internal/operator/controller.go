@@ -114,6 +114,8 @@ func (r *FilterDeploymentReconciler) cacheDir() string { return cmp.Or(r.CacheDi
 type pass struct {
 	// shape is the EnvoyFilter form for the Istio version reconcileIstio found.
 	shape istio.Shape
+	// delivery is mount or ecds, as reconcileIstio settled it.
+	delivery wasmev1.Delivery
 }
 
 // step is one ordered part of a pass; its error says how the pass ended (see result.go).

@@ -38,7 +38,7 @@ func (r *FilterDeploymentReconciler) reconcileIstio(ctx context.Context, fd *was
 		}
 		fd.Status.IstioVersion = v.String()
 		p.shape = istio.ShapeFor(v)
-		return stepResult{}, nil
+		return stepResult{}, r.chooseDelivery(fd, v, p)
 	}
 	ns := spec.IstioNamespace
 	if ns == "" {
@@ -59,7 +59,41 @@ func (r *FilterDeploymentReconciler) reconcileIstio(ctx context.Context, fd *was
 	if !known {
 		fd.Status.IstioVersion += " (assumed)"
 	}
-	return stepResult{}, nil
+	return stepResult{}, r.chooseDelivery(fd, v, p)
+}
+
+// ECDSMinVersion is the first Istio whose istio-agent fetches a remote Wasm module named in an
+// extension config and rewrites it to a local file (the release that brought WasmPlugin).
+var ECDSMinVersion = istio.Version{Major: 1, Minor: 12}
+
+// chooseDelivery settles spec.delivery for Istio v into the pass and the status.
+func (r *FilterDeploymentReconciler) chooseDelivery(fd *wasmev1.FilterDeployment, v istio.Version, p *pass) error {
+	d, msg, err := deliveryFor(fd.Spec.Delivery, v)
+	if err != nil {
+		fd.Status.Delivery, fd.Status.DeliveryMessage = "", err.Error()
+		return stalling(wasmev1.InvalidSpecReason, err)
+	}
+	p.delivery = d
+	fd.Status.Delivery, fd.Status.DeliveryMessage = d, msg
+	return nil
+}
+
+// deliveryFor is the delivery spec asks for on Istio v and why, or why it cannot be had.
+func deliveryFor(spec wasmev1.Delivery, v istio.Version) (wasmev1.Delivery, string, error) {
+	switch spec {
+	case "", wasmev1.DeliveryAuto:
+		// Until the ECDS path is proven end to end with a real istio-agent, auto keeps the
+		// delivery every existing setup was tested with.
+		return wasmev1.DeliveryMount, "mount: auto does not pick ECDS yet (its fetch by istio-agent is not proven here); set spec.delivery: ecds to opt in", nil
+	case wasmev1.DeliveryMount:
+		return wasmev1.DeliveryMount, "mount: spec.delivery is mount", nil
+	case wasmev1.DeliveryECDS:
+		if v.Less(ECDSMinVersion) {
+			return "", "", fmt.Errorf("spec.delivery ecds needs Istio %s or later (istio-agent fetching Wasm modules), found %s: use mount or auto", ECDSMinVersion, v)
+		}
+		return wasmev1.DeliveryECDS, "ecds: spec.delivery is ecds", nil
+	}
+	return "", "", fmt.Errorf("spec.delivery %q: must be auto, ecds or mount", spec)
 }
 
 // ensureEnvoyFilterWatch starts the EnvoyFilter watch the first time the API is there.

@@ -316,6 +316,9 @@ func TestSeedWalkthrough(t *testing.T) {
 	if fd.Status.ObservedGeneration != 1 || fd.Status.RootID != "add_header" || fd.Status.CachedNodes != 1 || fd.Status.IstioVersion != "1.5" {
 		t.Errorf("status = %+v", fd.Status)
 	}
+	if fd.Status.Delivery != wasmev1.DeliveryMount || !strings.Contains(fd.Status.DeliveryMessage, "auto does not pick ECDS") {
+		t.Errorf("status.delivery = %q (%q), want mount, picked by auto", fd.Status.Delivery, fd.Status.DeliveryMessage)
+	}
 	for _, w := range []string{"details-v1", "productpage-v1"} {
 		if got := fd.Status.Workloads[w]; got.State != wasmev1.WorkloadSucceeded {
 			t.Errorf("workload %s: %+v", w, got)

@@ -13,7 +13,40 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/internal/istio"
 )
+
+func TestDeliveryFor(t *testing.T) {
+	for _, tc := range []struct {
+		spec    wasmev1.Delivery
+		version istio.Version
+		want    wasmev1.Delivery
+		msg     string // substring of the status message, or of the error when want is ""
+	}{
+		{spec: "", version: istio.Version{Major: 1, Minor: 5}, want: wasmev1.DeliveryMount, msg: "auto does not pick ECDS yet"},
+		{spec: wasmev1.DeliveryAuto, version: istio.Version{Major: 1, Minor: 5}, want: wasmev1.DeliveryMount, msg: "auto does not pick ECDS yet"},
+		{spec: wasmev1.DeliveryAuto, version: istio.Version{Major: 1, Minor: 24}, want: wasmev1.DeliveryMount, msg: "auto does not pick ECDS yet"},
+		{spec: wasmev1.DeliveryMount, version: istio.Version{Major: 1, Minor: 24}, want: wasmev1.DeliveryMount, msg: "spec.delivery is mount"},
+		{spec: wasmev1.DeliveryECDS, version: istio.Version{Major: 1, Minor: 24}, want: wasmev1.DeliveryECDS, msg: "spec.delivery is ecds"},
+		{spec: wasmev1.DeliveryECDS, version: istio.Version{Major: 1, Minor: 12}, want: wasmev1.DeliveryECDS, msg: "spec.delivery is ecds"},
+		{spec: wasmev1.DeliveryECDS, version: istio.Version{Major: 1, Minor: 11}, msg: "needs Istio 1.12 or later"},
+		{spec: wasmev1.DeliveryECDS, version: istio.Version{Major: 1, Minor: 5}, msg: "found 1.5"},
+		{spec: "push", version: istio.Version{Major: 1, Minor: 24}, msg: `spec.delivery "push": must be auto, ecds or mount`},
+	} {
+		t.Run(fmt.Sprintf("%s on %s", tc.spec, tc.version), func(t *testing.T) {
+			got, msg, err := deliveryFor(tc.spec, tc.version)
+			if tc.want == "" {
+				if err == nil || !strings.Contains(err.Error(), tc.msg) {
+					t.Fatalf("deliveryFor = %q, %q, %v; want an error containing %q", got, msg, err, tc.msg)
+				}
+				return
+			}
+			if err != nil || got != tc.want || !strings.Contains(msg, tc.msg) {
+				t.Fatalf("deliveryFor = %q, %q, %v; want %q and a message containing %q", got, msg, err, tc.want, tc.msg)
+			}
+		})
+	}
+}
 
 func TestMergeVolumes(t *testing.T) {
 	const ours = UserVolume

@@ -158,6 +158,9 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 	if err != nil {
 		return stepResult{}, stalling(wasmev1.InvalidSpecReason, err)
 	}
+	if p.delivery == wasmev1.DeliveryECDS {
+		return stepResult{}, stalling(wasmev1.InvalidSpecReason, fmt.Errorf("spec.delivery ecds is not implemented by this operator yet: use mount or auto"))
+	}
 	selected, err := r.selectedWorkloads(ctx, fd)
 	if err != nil {
 		return stepResult{}, err
