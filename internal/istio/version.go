@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
+
+	"wasme.io/wasme/pkg/wasmimage"
 )
 
 // Version is an Istio minor version. The patch level never changes the EnvoyFilter shape.
@@ -108,12 +110,12 @@ func deploymentVersion(d *appsv1.Deployment) (Version, bool) {
 	return Version{}, false
 }
 
-// imageTag is the tag of an image reference, "" when it has none (a digest or no tag).
+// imageTag is the tag of an image reference: "" for a digest alone or a reference that does
+// not parse, "latest" (no version either) when it names neither.
 func imageTag(image string) string {
-	image, _, _ = strings.Cut(image, "@")
-	slash := strings.LastIndex(image, "/")
-	if colon := strings.LastIndex(image, ":"); colon > slash {
-		return image[colon+1:]
+	r, err := wasmimage.ParseReference(image)
+	if err != nil {
+		return ""
 	}
-	return ""
+	return r.Tag
 }

@@ -17,6 +17,7 @@ import (
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/validation"
+	"wasme.io/wasme/pkg/wasmimage"
 )
 
 // reconcileImage resolves the image to a digest, pulls it once per digest, validates the module
@@ -31,27 +32,31 @@ func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *was
 		// Secrets are not watched (the operator may not list them): look again soon.
 		return stepResult{}, waiting(wasmev1.ImageFailedReason, 30*time.Second, err)
 	}
-	ref := fd.Spec.Filter.Image
-	pinned := strings.Contains(ref, "@")
+	// Statuses name the image as the spec does; cache keys use the parsed reference.
+	image := fd.Spec.Filter.Image
+	ref, err := wasmimage.ParseReference(image)
+	if err != nil {
+		return stepResult{}, stalling(wasmev1.InvalidSpecReason, err)
+	}
 	// An unpinned tag is resolved again after ResolveInterval, so a re-pushed tag rolls out
 	// (also after a rejected module: the fix may be a new push).
 	var res stepResult
-	if !pinned {
+	if ref.Digest == "" {
 		res.requeueAfter = r.ResolveInterval
 	}
 
-	digest, err := r.resolve(ctx, fd, ref, pinned, opts)
+	digest, err := r.resolve(ctx, fd, ref, opts)
 	if err != nil {
-		return res, failed(wasmev1.ImageFailedReason, fmt.Errorf("resolving image %s: %w", ref, err))
+		return res, failed(wasmev1.ImageFailedReason, fmt.Errorf("resolving image %s: %w", image, err))
 	}
 	img, err := r.fetch(ctx, ref, digest, opts)
 	if err != nil {
-		return res, failed(wasmev1.ImageFailedReason, fmt.Errorf("pulling image %s: %w", ref, err))
+		return res, failed(wasmev1.ImageFailedReason, fmt.Errorf("pulling image %s: %w", image, err))
 	}
 	rootID := fd.Spec.Filter.RootID
 	if rootID == "" {
 		if len(img.RootIDs) == 0 {
-			return res, stalling(wasmev1.InvalidSpecReason, fmt.Errorf("image %s declares no root id: set spec.filter.rootID", ref))
+			return res, stalling(wasmev1.InvalidSpecReason, fmt.Errorf("image %s declares no root id: set spec.filter.rootID", image))
 		}
 		rootID = img.RootIDs[0]
 	}
@@ -60,9 +65,9 @@ func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *was
 		if errors.As(err, &le) && le.Transient() {
 			// Out of time may be the machine's load: try again later, not at once (a hostile
 			// module costs a validation budget each time).
-			return res, waiting(wasmev1.ImageFailedReason, r.ResolveInterval, fmt.Errorf("module of %s rejected: %w", ref, err))
+			return res, waiting(wasmev1.ImageFailedReason, r.ResolveInterval, fmt.Errorf("module of %s rejected: %w", image, err))
 		}
-		return res, stalling(wasmev1.ImageFailedReason, fmt.Errorf("module of %s rejected: %w", ref, err))
+		return res, stalling(wasmev1.ImageFailedReason, fmt.Errorf("module of %s rejected: %w", image, err))
 	}
 	fd.Status.ImageDigest = img.ManifestDigest
 	fd.Status.ModuleDigest = img.ModuleDigest
@@ -73,21 +78,21 @@ func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *was
 // resolve returns the manifest digest of ref: the pinned one, or the tag's, asking the
 // registry at most once per ResolveInterval (or when the spec changed) so watch-driven passes
 // cost the registry nothing.
-func (r *FilterDeploymentReconciler) resolve(ctx context.Context, fd *wasmev1.FilterDeployment, ref string, pinned bool, opts PullOptions) (string, error) {
-	if pinned {
-		return ref[strings.LastIndex(ref, "@")+1:], nil
+func (r *FilterDeploymentReconciler) resolve(ctx context.Context, fd *wasmev1.FilterDeployment, ref wasmimage.Reference, opts PullOptions) (string, error) {
+	if ref.Digest != "" {
+		return ref.Digest.String(), nil
 	}
 	key := fmt.Sprintf("%s/%s/%d/%s", fd.Namespace, fd.Name, fd.Generation, ref)
 	if d, ok := r.images.resolved(key, r.ResolveInterval); ok {
 		return d, nil
 	}
-	d, err := r.Images.Resolve(ctx, ref, opts)
+	d, err := r.Images.Resolve(ctx, ref.String(), opts)
 	if err != nil {
 		return "", err
 	}
 	r.images.setResolved(key, d)
 	// The registry just showed these credentials the repository's manifest.
-	r.images.setVerified(repository(ref)+"@"+d, opts.identity())
+	r.images.setVerified(ref.Name()+"@"+d, opts.identity())
 	return d, nil
 }
 
@@ -97,8 +102,8 @@ func (r *FilterDeploymentReconciler) resolve(ctx context.Context, fd *wasmev1.Fi
 // credentials is handed out only once the registry accepted these ones for the same manifest
 // (a HEAD), so one tenant's private module never reaches another tenant that merely knows its
 // digest; the check is remembered for ResolveInterval.
-func (r *FilterDeploymentReconciler) fetch(ctx context.Context, ref, digest string, opts PullOptions) (*Image, error) {
-	key, id := repository(ref)+"@"+digest, opts.identity()
+func (r *FilterDeploymentReconciler) fetch(ctx context.Context, ref wasmimage.Reference, digest string, opts PullOptions) (*Image, error) {
+	key, id := ref.Name()+"@"+digest, opts.identity()
 	if img, ok := r.images.get(key); ok {
 		if module, ok := r.Modules.Get(img.ModuleDigest); ok {
 			if !r.images.isVerified(key, id, r.ResolveInterval) {
@@ -157,15 +162,6 @@ func (r *FilterDeploymentReconciler) validate(ctx context.Context, img *Image, r
 		return nil, err
 	})
 	return err
-}
-
-// repository is ref without its tag or digest.
-func repository(ref string) string {
-	ref, _, _ = strings.Cut(ref, "@")
-	if colon := strings.LastIndex(ref, ":"); colon > strings.LastIndex(ref, "/") {
-		ref = ref[:colon]
-	}
-	return ref
 }
 
 // pullOptions reads spec.filter.imagePullOptions and its Secret, from this namespace only.

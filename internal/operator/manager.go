@@ -25,6 +25,7 @@ import (
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/validation"
+	"wasme.io/wasme/pkg/wasmimage"
 )
 
 // Options configure a running operator.
@@ -178,7 +179,11 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 			if err != nil {
 				return nil, err
 			}
-			img, err := r.fetch(ctx, fd.Spec.Filter.Image, fd.Status.ImageDigest, opts)
+			ref, err := wasmimage.ParseReference(fd.Spec.Filter.Image)
+			if err != nil {
+				return nil, err
+			}
+			img, err := r.fetch(ctx, ref, fd.Status.ImageDigest, opts)
 			if err != nil {
 				return nil, err
 			}
