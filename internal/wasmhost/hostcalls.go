@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -140,7 +141,24 @@ func (p *Plugin) instantiateEnv(ctx context.Context) error {
 	return err
 }
 
+// hostFuncs is the env module: the proxy-wasm ABI by area, then the helpers Envoy adds.
 func hostFuncs() []hostFunc {
+	return slices.Concat(
+		logFuncs(),
+		bufferFuncs(),
+		headerMapFuncs(),
+		streamFuncs(),
+		sharedFuncs(),
+		metricFuncs(),
+		propertyFuncs(),
+		contextFuncs(),
+		callFuncs(),
+		emscriptenFuncs(),
+	)
+}
+
+// logFuncs are the host functions of logging, time and the tick timer.
+func logFuncs() []hostFunc {
 	return []hostFunc{
 		fn("proxy_log", 3, func(h *hc, a []uint64) Status {
 			level := LogLevel(u32(a, 0))
@@ -167,7 +185,12 @@ func hostFuncs() []hostFunc {
 			h.in.setTick(time.Duration(u32(a, 0)) * time.Millisecond)
 			return StatusOK
 		}),
+	}
+}
 
+// bufferFuncs are the host functions of buffers: bodies, the plugin configuration.
+func bufferFuncs() []hostFunc {
+	return []hostFunc{
 		fn("proxy_get_buffer_bytes", 5, func(h *hc, a []uint64) Status {
 			buf, st := h.buffer(u32(a, 0))
 			if st != StatusOK {
@@ -207,7 +230,12 @@ func hostFuncs() []hostFunc {
 		fn("proxy_get_configuration", 2, func(h *hc, a []uint64) Status { // ABI 0.1.0
 			return h.giveBytes(h.in.p.cfg.Configuration, u32(a, 0), u32(a, 1))
 		}),
+	}
+}
 
+// headerMapFuncs are the host functions of header and trailer maps.
+func headerMapFuncs() []hostFunc {
+	return []hostFunc{
 		fn("proxy_get_header_map_size", 2, func(h *hc, a []uint64) Status {
 			f, st := h.fields(u32(a, 0))
 			if st != StatusOK {
@@ -288,7 +316,12 @@ func hostFuncs() []hostFunc {
 			f.remove(strings.ToLower(string(key)))
 			return StatusOK
 		}),
+	}
+}
 
+// streamFuncs are the host functions of stream control: local responses, continuing and closing streams.
+func streamFuncs() []hostFunc {
+	return []hostFunc{
 		fn("proxy_send_local_response", 8, func(h *hc, a []uint64) Status {
 			details, ok1 := h.read(u32(a, 1), u32(a, 2))
 			body, ok2 := h.read(u32(a, 3), u32(a, 4))
@@ -335,7 +368,12 @@ func hostFuncs() []hostFunc {
 		}),
 		// This host has no route cache, so there is nothing to clear; success is truthful.
 		fn("proxy_clear_route_cache", 0, func(*hc, []uint64) Status { return StatusOK }),
+	}
+}
 
+// sharedFuncs are the host functions of shared data and shared queues, across the VMs of one vm_id.
+func sharedFuncs() []hostFunc {
+	return []hostFunc{
 		fn("proxy_get_shared_data", 5, func(h *hc, a []uint64) Status {
 			key, ok := h.read(u32(a, 0), u32(a, 1))
 			if !ok || !h.writable(u32(a, 4), 4) {
@@ -399,7 +437,12 @@ func hostFuncs() []hostFunc {
 			}
 			return h.giveBytes(v, u32(a, 1), u32(a, 2))
 		}),
+	}
+}
 
+// metricFuncs are the host functions of metrics.
+func metricFuncs() []hostFunc {
+	return []hostFunc{
 		fn("proxy_define_metric", 4, func(h *hc, a []uint64) Status {
 			name, ok := h.read(u32(a, 1), u32(a, 2))
 			if !ok || !h.writable(u32(a, 3), 4) {
@@ -426,7 +469,12 @@ func hostFuncs() []hostFunc {
 			h.mem.WriteUint64Le(u32(a, 1), v)
 			return StatusOK
 		}),
+	}
+}
 
+// propertyFuncs are the host functions of properties.
+func propertyFuncs() []hostFunc {
+	return []hostFunc{
 		fn("proxy_get_property", 4, func(h *hc, a []uint64) Status {
 			path, ok := h.read(u32(a, 0), u32(a, 1))
 			if !ok || !h.writable(u32(a, 2), 4) || !h.writable(u32(a, 3), 4) {
@@ -446,7 +494,12 @@ func hostFuncs() []hostFunc {
 			}
 			return h.setProperty(splitPath(path), v)
 		}),
+	}
+}
 
+// contextFuncs are the host functions of contexts and foreign functions.
+func contextFuncs() []hostFunc {
+	return []hostFunc{
 		fn("proxy_set_effective_context", 1, func(h *hc, a []uint64) Status {
 			id := u32(a, 0)
 			if id == h.in.root {
@@ -473,7 +526,12 @@ func hostFuncs() []hostFunc {
 			}
 			return StatusNotFound
 		}),
+	}
+}
 
+// callFuncs are the host functions of outbound HTTP and gRPC calls, none of which this host can make.
+func callFuncs() []hostFunc {
+	return []hostFunc{
 		// No upstream clusters exist here: Envoy answers BAD_ARGUMENT for an unknown cluster,
 		// after checking the arguments and writing the token (exports.cc http_call,
 		// context.cc Context::httpCall).
@@ -495,7 +553,17 @@ func hostFuncs() []hostFunc {
 			}
 			return h.giveBytes(nil, u32(a, 1), u32(a, 2))
 		}),
-		// Emscripten helpers Envoy registers in env (src/wasm.cc registerCallbacks).
+		unimplemented("proxy_grpc_call", 12),
+		unimplemented("proxy_grpc_stream", 9),
+		unimplemented("proxy_grpc_send", 4),
+		unimplemented("proxy_grpc_cancel", 1),
+		unimplemented("proxy_grpc_close", 1),
+	}
+}
+
+// emscriptenFuncs are the host functions of the Emscripten helpers Envoy registers in env (src/wasm.cc registerCallbacks).
+func emscriptenFuncs() []hostFunc {
+	return []hostFunc{
 		{name: "pthread_equal", params: i32s(2), results: []api.ValueType{i32}, fn: func(h *hc, a []uint64) Status {
 			if u32(a, 0) == u32(a, 1) {
 				return 1
@@ -503,12 +571,6 @@ func hostFuncs() []hostFunc {
 			return 0
 		}},
 		{name: "emscripten_notify_memory_growth", params: i32s(1), fn: func(*hc, []uint64) Status { return StatusOK }},
-
-		unimplemented("proxy_grpc_call", 12),
-		unimplemented("proxy_grpc_stream", 9),
-		unimplemented("proxy_grpc_send", 4),
-		unimplemented("proxy_grpc_cancel", 1),
-		unimplemented("proxy_grpc_close", 1),
 	}
 }
 
