@@ -240,7 +240,7 @@ func TestHelmInstall(t *testing.T) {
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
-		return fmt.Errorf("namespace wasme still there: %v", err)
+		return fmt.Errorf("namespace wasme still there: %w", err)
 	}); err != nil {
 		t.Error(err)
 	}
