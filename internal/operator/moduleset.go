@@ -3,8 +3,8 @@ package operator
 import (
 	"context"
 	"fmt"
+	"slices"
 
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -63,7 +63,7 @@ func (r *ModuleSetReconciler) Reconcile(ctx context.Context, _ reconcile.Request
 	case apierrors.IsNotFound(err):
 	case err != nil:
 		return reconcile.Result{}, fmt.Errorf("reading the ModuleSet: %w", err)
-	case equality.Semantic.DeepEqual(cur.Spec.Digests, want) || len(cur.Spec.Digests) == 0 && len(want) == 0:
+	case slices.Equal(cur.Spec.Digests, want):
 		return reconcile.Result{}, nil
 	}
 	spec := map[string]any{}
