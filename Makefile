@@ -30,8 +30,10 @@ manifests: ## Generate the CRD and one RBAC role per component from the code's m
 	$(call TOOL,controller-gen) rbac:roleName=wasme-cache paths=./internal/nodecache/... output:rbac:artifacts:config=config/rbac/cache
 
 .PHONY: generate
-generate: ## Generate deepcopy code for the API types and docs/cli.md from the command tree.
+generate: ## Generate deepcopy code and apply configurations (api/v1/applyconfiguration) for the API types, and docs/cli.md from the command tree.
 	$(call TOOL,controller-gen) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+	rm -rf api/v1/applyconfiguration
+	$(call TOOL,controller-gen) applyconfiguration:headerFile=hack/boilerplate.go.txt paths=./api/...
 	go run ./hack/clidoc -out docs/cli.md
 
 .PHONY: build-installer

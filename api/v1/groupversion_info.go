@@ -2,6 +2,7 @@
 // (proxy-wasm) filter stored as an OCI image into the Envoy sidecars of selected workloads.
 //
 // +kubebuilder:object:generate=true
+// +kubebuilder:ac:generate=true
 // +groupName=wasme.io
 package v1
 
@@ -14,6 +15,10 @@ import (
 var (
 	// GroupVersion is the group and version of this API.
 	GroupVersion = schema.GroupVersion{Group: "wasme.io", Version: "v1"}
+
+	// SchemeGroupVersion is GroupVersion under the name generated code (the apply
+	// configurations in applyconfiguration/) expects.
+	SchemeGroupVersion = GroupVersion
 
 	// SchemeBuilder registers this API's types with a runtime.Scheme. It is apimachinery's
 	// builder rather than controller-runtime's (deprecated), so importing the API does not

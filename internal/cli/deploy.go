@@ -13,13 +13,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/spf13/cobra"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	wasmeac "wasme.io/wasme/api/v1/applyconfiguration/api/v1"
 	"wasme.io/wasme/internal/kube"
 )
 
@@ -92,7 +92,7 @@ has its EnvoyFilter.`,
 				return err
 			}
 			ctx := cmd.Context()
-			opts := []client.PatchOption{client.FieldOwner(cliFieldManager), client.ForceOwnership}
+			opts := []client.ApplyOption{client.FieldOwner(cliFieldManager), client.ForceOwnership}
 			if o.dryRun {
 				opts = append(opts, client.DryRunAll)
 			}
@@ -250,18 +250,19 @@ func kubeClient(kubeconfig string) (client.Client, error) {
 }
 
 // applyFD server-side applies the FilterDeployment and reads back what the server made of it.
-func applyFD(ctx context.Context, c client.Client, fd *wasmev1.FilterDeployment, opts ...client.PatchOption) error {
-	u, err := toApply(fd)
+func applyFD(ctx context.Context, c client.Client, fd *wasmev1.FilterDeployment, opts ...client.ApplyOption) error {
+	ac, err := toApply(fd)
 	if err != nil {
 		return err
 	}
-	if err := c.Patch(ctx, u, client.Apply, opts...); err != nil { //nolint:staticcheck // unstructured apply
+	if err := c.Apply(ctx, ac, opts...); err != nil {
 		if apimeta.IsNoMatchError(err) {
 			return fmt.Errorf("the FilterDeployment API is not installed: kubectl apply -f deploy/crds.yaml")
 		}
 		return fmt.Errorf("applying filterdeployment %s/%s: %w", fd.Namespace, fd.Name, err)
 	}
-	b, err := json.Marshal(u.Object)
+	// Apply wrote the server's answer into ac.
+	b, err := json.Marshal(ac)
 	if err != nil {
 		return err
 	}
@@ -317,18 +318,18 @@ func waitReady(ctx context.Context, c client.Client, fd *wasmev1.FilterDeploymen
 	}
 }
 
-func toApply(fd *wasmev1.FilterDeployment) (*unstructured.Unstructured, error) {
+// toApply is the FilterDeployment the flags describe as an apply configuration: every field
+// the struct has (the CLI owns them all), no status and no creation time.
+func toApply(fd *wasmev1.FilterDeployment) (*wasmeac.FilterDeploymentApplyConfiguration, error) {
 	b, err := json.Marshal(fd)
 	if err != nil {
 		return nil, err
 	}
-	u := &unstructured.Unstructured{}
-	if err := json.Unmarshal(b, &u.Object); err != nil {
+	ac := &wasmeac.FilterDeploymentApplyConfiguration{}
+	if err := json.Unmarshal(b, ac); err != nil {
 		return nil, err
 	}
-	delete(u.Object, "status")
-	if m, ok := u.Object["metadata"].(map[string]any); ok {
-		delete(m, "creationTimestamp")
-	}
-	return u, nil
+	ac.Status = nil
+	ac.CreationTimestamp = nil
+	return ac, nil
 }

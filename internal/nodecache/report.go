@@ -8,10 +8,11 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	wasmeac "wasme.io/wasme/api/v1/applyconfiguration/api/v1"
 )
 
 // snapshot is the status to report, modules sorted by digest so equal states compare equal.
@@ -81,10 +82,8 @@ func (d *Daemon) apply(ctx context.Context, st wasmev1.NodeCacheStatus) error {
 	if err := d.applyObject(ctx); err != nil {
 		return err
 	}
-	status := d.newNodeCache()
-	status.Object["status"] = statusObject(st, time.Now())
-	if err := d.client.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(status),
-		client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership); err != nil {
+	status := wasmeac.NodeCache(d.opts.NodeName).WithStatus(statusApply(st, time.Now()))
+	if err := d.client.Status().Apply(ctx, status, client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying the status of NodeCache %s: %w", d.opts.NodeName, err)
 	}
 	return nil
@@ -92,54 +91,42 @@ func (d *Daemon) apply(ctx context.Context, st wasmev1.NodeCacheStatus) error {
 
 // applyObject applies the NodeCache itself and remembers its UID for the Events about it.
 func (d *Daemon) applyObject(ctx context.Context) error {
-	obj := d.newNodeCache()
-	if d.owner != nil {
-		obj.SetOwnerReferences([]metav1.OwnerReference{*d.owner})
+	obj := wasmeac.NodeCache(d.opts.NodeName)
+	if o := d.owner; o != nil {
+		obj.WithOwnerReferences(metav1ac.OwnerReference().WithAPIVersion(o.APIVersion).WithKind(o.Kind).WithName(o.Name).WithUID(o.UID))
 	}
-	if err := d.client.Apply(ctx, client.ApplyConfigurationFromUnstructured(obj),
-		client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership); err != nil {
+	if err := d.client.Apply(ctx, obj, client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying NodeCache %s: %w", d.opts.NodeName, err)
 	}
 	d.mu.Lock()
-	if d.regarding != nil {
-		d.regarding.UID = obj.GetUID()
+	if d.regarding != nil && obj.UID != nil {
+		d.regarding.UID = *obj.UID
 	}
 	d.mu.Unlock()
 	return nil
 }
 
-func (d *Daemon) newNodeCache() *unstructured.Unstructured {
-	u := &unstructured.Unstructured{}
-	u.SetAPIVersion(wasmev1.GroupVersion.String())
-	u.SetKind("NodeCache")
-	u.SetName(d.opts.NodeName)
-	return u
-}
-
-// statusObject builds the applied status by hand: an apply owns exactly the fields it sends,
-// so it must not carry the zero values a struct conversion would add.
-// Every report carries heartbeatTime, the time of the write.
-func statusObject(st wasmev1.NodeCacheStatus, heartbeat time.Time) map[string]any {
-	conds := []any{}
+// statusApply is the applied status: an apply owns exactly the fields it sends, so only the
+// set ones are sent, never the zero values of the struct. Every report carries
+// heartbeatTime, the time of the write.
+func statusApply(st wasmev1.NodeCacheStatus, heartbeat time.Time) *wasmeac.NodeCacheStatusApplyConfiguration {
+	ac := wasmeac.NodeCacheStatus().WithHeartbeatTime(metav1.NewTime(heartbeat))
 	for _, c := range st.Conditions {
-		conds = append(conds, map[string]any{
-			"type": c.Type, "status": string(c.Status), "reason": c.Reason, "message": c.Message,
-			"lastTransitionTime": c.LastTransitionTime.UTC().Format(time.RFC3339),
-		})
+		ac.WithConditions(metav1ac.Condition().WithType(c.Type).WithStatus(c.Status).WithReason(c.Reason).
+			WithMessage(c.Message).WithLastTransitionTime(c.LastTransitionTime))
 	}
-	modules := []any{}
 	for _, m := range st.Modules {
-		e := map[string]any{"digest": m.Digest, "state": string(m.State)}
+		e := wasmeac.NodeCacheModule().WithDigest(m.Digest).WithState(m.State)
 		if m.Size > 0 {
-			e["size"] = m.Size
+			e.WithSize(m.Size)
 		}
 		if m.Message != "" {
-			e["message"] = m.Message
+			e.WithMessage(m.Message)
 		}
 		if !m.LastTransitionTime.IsZero() {
-			e["lastTransitionTime"] = m.LastTransitionTime.UTC().Format(time.RFC3339)
+			e.WithLastTransitionTime(m.LastTransitionTime)
 		}
-		modules = append(modules, e)
+		ac.WithModules(e)
 	}
-	return map[string]any{"conditions": conds, "modules": modules, "heartbeatTime": heartbeat.UTC().Format(time.RFC3339)}
+	return ac
 }
