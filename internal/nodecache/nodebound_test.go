@@ -90,9 +90,9 @@ func TestNodeCacheWritesOnlyItsOwnNode(t *testing.T) {
 
 	// The admission policy loads asynchronously; the daemon above succeeding says nothing
 	// about it, so wait until it refuses a dry run, then try for real.
-	forge := func(c client.Client, name string, opts ...client.SubResourcePatchOption) error {
+	forge := func(c client.Client, name string, opts ...client.SubResourceApplyOption) error {
 		opts = append(opts, client.FieldOwner(wasmev1.CacheFieldManager), client.ForceOwnership)
-		return c.Status().Patch(ctx, nodeCacheApply(name), client.Apply, opts...) //nolint:staticcheck // unstructured apply
+		return c.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(nodeCacheApply(name)), opts...)
 	}
 	waitFor(t, "the NodeCache admission policy", func() (bool, string) {
 		err := forge(asA, nodeB, client.DryRunAll)

@@ -406,7 +406,7 @@ func TestRenderedChartApplies(t *testing.T) {
 	}
 	ctx := context.Background()
 	for _, o := range objs {
-		if err := env.Client.Patch(ctx, o, client.Apply, client.FieldOwner("helm"), client.ForceOwnership); err != nil { //nolint:staticcheck // unstructured objects have no apply configurations
+		if err := env.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(o), client.FieldOwner("helm"), client.ForceOwnership); err != nil {
 			t.Errorf("applying %s: %v", key(o), err)
 		}
 	}

@@ -281,14 +281,14 @@ func (e *Env) Namespace(t testing.TB) string {
 }
 
 // ApplyFile server-side applies every object of a multi-document YAML file.
-func (e *Env) ApplyFile(ctx context.Context, path string, opts ...client.PatchOption) error {
+func (e *Env) ApplyFile(ctx context.Context, path string, opts ...client.ApplyOption) error {
 	objs, err := ReadObjects(path)
 	if err != nil {
 		return err
 	}
-	opts = append([]client.PatchOption{client.FieldOwner("wasme-test"), client.ForceOwnership}, opts...)
+	opts = append([]client.ApplyOption{client.FieldOwner("wasme-test"), client.ForceOwnership}, opts...)
 	for _, o := range objs {
-		if err := e.Client.Patch(ctx, o, client.Apply, opts...); err != nil { //nolint:staticcheck // unstructured objects have no apply configurations
+		if err := e.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(o), opts...); err != nil {
 			return fmt.Errorf("applying %s %s: %w", o.GetKind(), o.GetName(), err)
 		}
 	}
