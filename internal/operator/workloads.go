@@ -420,21 +420,28 @@ func mergeVolumes(user, ours string) (string, error) {
 	if err := json.Unmarshal([]byte(user), &list); err != nil {
 		return "", fmt.Errorf("the workload's value is not a JSON list: %w", err)
 	}
-	var mine []map[string]any
-	_ = json.Unmarshal([]byte(ours), &mine)
+	// ours is one entry, as CacheVolumes makes it.
+	var mineRaw []json.RawMessage
+	var mine map[string]any
+	if err := json.Unmarshal([]byte(ours), &mineRaw); err != nil || len(mineRaw) != 1 {
+		return "", fmt.Errorf("wasme's own value %q is not a JSON list of one entry", ours)
+	}
+	if err := json.Unmarshal(mineRaw[0], &mine); err != nil {
+		return "", fmt.Errorf("wasme's own value %q is not a JSON list of one object: %w", ours, err)
+	}
 	for _, raw := range list {
 		var entry map[string]any
 		if err := json.Unmarshal(raw, &entry); err != nil {
 			return "", fmt.Errorf("the workload's value is not a JSON list of objects: %w", err)
 		}
-		if entry["name"] == mine[0]["name"] {
-			if reflect.DeepEqual(entry, mine[0]) {
+		if entry["name"] == mine["name"] {
+			if reflect.DeepEqual(entry, mine) {
 				return user, nil
 			}
 			return "", fmt.Errorf("the workload already has a different entry named %v", entry["name"])
 		}
 	}
-	list = append(list, json.RawMessage(ours[1:len(ours)-1]))
+	list = append(list, mineRaw[0])
 	b, err := json.Marshal(list)
 	return string(b), err
 }
