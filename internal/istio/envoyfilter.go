@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/url"
 	"path"
+	"strings"
+	"time"
 	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -15,6 +18,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	apinetworking "istio.io/api/networking/v1alpha3"
@@ -89,6 +93,60 @@ type Filter struct {
 	// CacheDir is the node cache's directory, mounted into the sidecars at the same path;
 	// empty means wasmev1.CacheDir.
 	CacheDir string
+	// ModuleURL, when set, is where istio-agent fetches the module over HTTP (the node-local
+	// cache), and the filter is delivered over ECDS instead of loading CacheDir's file.
+	ModuleURL string
+}
+
+// ModuleURL is the node cache's address for a module, given the cache Service's base URL
+// ("http://wasme-cache.wasme.svc:9979").
+func ModuleURL(base, sha256Hex string) string {
+	return strings.TrimSuffix(base, "/") + "/sha256/" + sha256Hex
+}
+
+// ExtensionConfigName is the ECDS resource a FilterDeployment's filter is served as. Istio's
+// own WasmPlugins are "<namespace>.<name>"; the filter id already defaults to that, and the
+// prefix keeps wasme's apart from them.
+func ExtensionConfigName(id string) string { return "wasme." + id }
+
+// remoteFetchTimeout bounds istio-agent's fetch of a module from the node cache.
+const remoteFetchTimeout = 30 * time.Second
+
+// BuildECDSEnvoyFilter returns the EnvoyFilter that delivers the filter over ECDS: an
+// EXTENSION_CONFIG holding the Wasm filter, whose code is the module's URL on the node cache
+// with its sha256 (istio-agent fetches it, checks the digest and rewrites the config to a
+// local file), and an HTTP_FILTER before the router that only names that extension config. A
+// new module or config then changes the extension config alone, never the listener.
+func BuildECDSEnvoyFilter(f Filter) (*networkingv1alpha3.EnvoyFilter, error) {
+	if f.ModuleURL == "" {
+		return nil, fmt.Errorf("ECDS delivery needs the module's URL")
+	}
+	if f.Shape != TypedShape {
+		return nil, fmt.Errorf("ECDS delivery needs Istio 1.10 or later (typed_config)")
+	}
+	ef, err := BuildEnvoyFilter(f)
+	if err != nil {
+		return nil, err
+	}
+	name := ExtensionConfigName(f.ID)
+	filterRef, err := structpb.NewStruct(map[string]any{
+		"name": name,
+		"config_discovery": map[string]any{
+			"config_source": map[string]any{"ads": map[string]any{}},
+			"type_urls":     []any{WasmTypeURL},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	ext := ef.Spec.ConfigPatches[0].Patch.Value
+	ext.Fields["name"] = structpb.NewStringValue(name)
+	ef.Spec.ConfigPatches[0].Patch.Value = filterRef
+	ef.Spec.ConfigPatches = append([]*apinetworking.EnvoyFilter_EnvoyConfigObjectPatch{{
+		ApplyTo: apinetworking.EnvoyFilter_EXTENSION_CONFIG,
+		Patch:   &apinetworking.EnvoyFilter_Patch{Operation: apinetworking.EnvoyFilter_Patch_ADD, Value: ext},
+	}}, ef.Spec.ConfigPatches...)
+	return ef, nil
 }
 
 // ModulePath is where sidecars find a module on the node, in the cache directory cacheDir
@@ -164,9 +222,7 @@ func WasmFilter(f Filter) (*wasmv3.Wasm, error) {
 		Vm: &wasmextv3.PluginConfig_VmConfig{VmConfig: &wasmextv3.VmConfig{
 			VmId:    f.ID,
 			Runtime: V8Runtime,
-			Code: &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{
-				Local: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: ModulePath(f.CacheDir, f.ModuleSHA256)}},
-			}},
+			Code:    code(f),
 		}},
 	}}
 	if len(f.Config.Value) > 0 {
@@ -188,6 +244,29 @@ func WasmFilter(f Filter) (*wasmv3.Wasm, error) {
 		return nil, fmt.Errorf("invalid HTTP filter: %w", err)
 	}
 	return w, nil
+}
+
+// code is where the Wasm VM gets its module: the node cache's file, or, for ECDS, its URL.
+func code(f Filter) *corev3.AsyncDataSource {
+	if f.ModuleURL == "" {
+		return &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Local{
+			Local: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: ModulePath(f.CacheDir, f.ModuleSHA256)}},
+		}}
+	}
+	return &corev3.AsyncDataSource{Specifier: &corev3.AsyncDataSource_Remote{Remote: &corev3.RemoteDataSource{
+		// Envoy never uses this cluster: istio-agent replaces the remote source with the file
+		// it fetched before the config reaches Envoy. Istio names the URL's host the same way.
+		HttpUri: &corev3.HttpUri{Uri: f.ModuleURL, HttpUpstreamType: &corev3.HttpUri_Cluster{Cluster: clusterFor(f.ModuleURL)},
+			Timeout: durationpb.New(remoteFetchTimeout)},
+		Sha256: f.ModuleSHA256,
+	}}}
+}
+
+func clusterFor(rawURL string) string {
+	if u, err := url.Parse(rawURL); err == nil && u.Host != "" {
+		return u.Host
+	}
+	return rawURL
 }
 
 func configAny(c wasmev1.FilterConfig) (*anypb.Any, error) {

@@ -161,3 +161,95 @@ func TestShapeFor(t *testing.T) {
 		}
 	}
 }
+
+// The ECDS form of the seed's filter on a current Istio: the Wasm filter as an extension config
+// fetching from the node cache, and a listener patch that only names it.
+const ecdsSpec = `configPatches:
+- applyTo: EXTENSION_CONFIG
+  patch:
+    operation: ADD
+    value:
+      name: wasme.bookinfo-custom-filter.bookinfo
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+        config:
+          configuration:
+            '@type': type.googleapis.com/google.protobuf.StringValue
+            value: world
+          name: bookinfo-custom-filter.bookinfo
+          rootId: add_header
+          vmConfig:
+            code:
+              remote:
+                httpUri:
+                  cluster: wasme-cache.wasme.svc:9979
+                  timeout: 30s
+                  uri: http://wasme-cache.wasme.svc:9979/sha256/SHA
+                sha256: SHA
+            runtime: envoy.wasm.runtime.v8
+            vmId: bookinfo-custom-filter.bookinfo
+- applyTo: HTTP_FILTER
+  match:
+    context: SIDECAR_INBOUND
+    listener:
+      filterChain:
+        filter:
+          name: envoy.filters.network.http_connection_manager
+          subFilter:
+            name: envoy.filters.http.router
+  patch:
+    operation: INSERT_BEFORE
+    value:
+      config_discovery:
+        config_source:
+          ads: {}
+        type_urls:
+        - type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+      name: wasme.bookinfo-custom-filter.bookinfo
+workloadSelector:
+  labels:
+    app: details
+    version: v1
+`
+
+func ecdsFilter() Filter {
+	f := seedFilter(TypedShape)
+	f.Config = wasmev1.FilterConfig{TypeURL: wasmev1.StringValueType, Value: []byte("world")}
+	f.ModuleURL = ModuleURL("http://wasme-cache.wasme.svc:9979/", sha)
+	return f
+}
+
+func TestECDSEnvoyFilter(t *testing.T) {
+	ef, err := BuildECDSEnvoyFilter(ecdsFilter())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := yaml.Marshal(&ef.Spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(b), strings.ReplaceAll(ecdsSpec, "SHA", sha); got != want {
+		t.Errorf("ECDS spec:\n--- got\n%s--- want\n%s", got, want)
+	}
+}
+
+func TestBuildECDSEnvoyFilterRefuses(t *testing.T) {
+	for name, tc := range map[string]struct {
+		mutate func(*Filter)
+		want   string
+	}{
+		"no URL":          {func(f *Filter) { f.ModuleURL = "" }, "needs the module's URL"},
+		"legacy Istio":    {func(f *Filter) { f.Shape = LegacyShape }, "needs Istio 1.10 or later"},
+		"TypedStruct":     {func(f *Filter) { f.Shape = TypedStructShape }, "needs Istio 1.10 or later"},
+		"bad digest":      {func(f *Filter) { f.ModuleSHA256 = "abc" }, "not a sha256 hex string"},
+		"unknown context": {func(f *Filter) { f.Context = "SIDEWAYS" }, "unknown patch context"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := ecdsFilter()
+			tc.mutate(&f)
+			if _, err := BuildECDSEnvoyFilter(f); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -99,6 +99,9 @@ type FilterDeploymentReconciler struct {
 	// CacheDir is the node cache's directory (the DaemonSet's hostPath), which the sidecars
 	// mount and the EnvoyFilters name; empty means wasmev1.CacheDir.
 	CacheDir string
+	// ModuleURLBase is the node-local cache Service istio-agent fetches modules from in ECDS
+	// delivery; empty means DefaultModuleURLBase.
+	ModuleURLBase string
 
 	images *imageCache
 
@@ -109,6 +112,14 @@ type FilterDeploymentReconciler struct {
 }
 
 func (r *FilterDeploymentReconciler) cacheDir() string { return cmp.Or(r.CacheDir, wasmev1.CacheDir) }
+
+// DefaultModuleURLBase is the wasme-cache Service of the installation's namespace: with
+// internalTrafficPolicy Local it reaches the node cache of the node the fetching pod runs on.
+const DefaultModuleURLBase = "http://wasme-cache.wasme.svc:9979"
+
+func (r *FilterDeploymentReconciler) moduleURLBase() string {
+	return cmp.Or(r.ModuleURLBase, DefaultModuleURLBase)
+}
 
 // pass carries what the steps of one reconcile pass learned and later steps read.
 type pass struct {
@@ -200,9 +211,11 @@ func (r *FilterDeploymentReconciler) Reconcile(ctx context.Context, req ctrl.Req
 			break
 		}
 	}
+	// In ECDS delivery the mount goes only once every selected workload has its ECDS filter.
+	ecdsLive := stepErr == nil && p.delivery == wasmev1.DeliveryECDS
 	// Releasing workloads no FilterDeployment selects any more depends on nothing above: a
 	// relabelled workload is released even while the image fails or the caches fill.
-	if err := r.reconcileRelease(ctx, fd); err != nil {
+	if err := r.reconcileRelease(ctx, fd, ecdsLive); err != nil {
 		stepErr = errors.Join(stepErr, failed(wasmev1.WorkloadFailedReason, err))
 	}
 	return ctrl.Result{}, nil

@@ -158,9 +158,6 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 	if err != nil {
 		return stepResult{}, stalling(wasmev1.InvalidSpecReason, err)
 	}
-	if p.delivery == wasmev1.DeliveryECDS {
-		return stepResult{}, stalling(wasmev1.InvalidSpecReason, fmt.Errorf("spec.delivery ecds is not implemented by this operator yet: use mount or auto"))
-	}
 	selected, err := r.selectedWorkloads(ctx, fd)
 	if err != nil {
 		return stepResult{}, err
@@ -175,14 +172,22 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 	g.SetLimit(workloadParallelism)
 	for i, w := range selected {
 		g.Go(func() error {
+			sha := strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:")
+			f := istio.Filter{
+				Name: envoyFilterName(fd, w), Namespace: fd.Namespace, WorkloadLabels: filterSelector(w),
+				ID: fd.FilterID(), RootID: fd.Status.RootID, ModuleSHA256: sha,
+				Config: cfg, Context: ctxName, Shape: p.shape, Owner: owner, CacheDir: r.cacheDir(),
+			}
+			if p.delivery == wasmev1.DeliveryECDS {
+				// Nothing to mount: every pod of the workload, old or new, can fetch.
+				f.WorkloadLabels = maps.Clone(w.templateLabels)
+				f.ModuleURL = istio.ModuleURL(r.moduleURLBase(), sha)
+				errs[i] = r.applyEnvoyFilter(gctx, fd, f, w)
+				return nil
+			}
 			errs[i] = r.patchWorkload(gctx, w)
 			if errs[i] == nil {
-				errs[i] = r.applyEnvoyFilter(gctx, fd, istio.Filter{
-					Name: envoyFilterName(fd, w), Namespace: fd.Namespace, WorkloadLabels: filterSelector(w),
-					ID: fd.FilterID(), RootID: fd.Status.RootID,
-					ModuleSHA256: strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:"),
-					Config:       cfg, Context: ctxName, Shape: p.shape, Owner: owner, CacheDir: r.cacheDir(),
-				}, w)
+				errs[i] = r.applyEnvoyFilter(gctx, fd, f, w)
 			}
 			return nil
 		})
@@ -231,7 +236,7 @@ func filterSelector(w workload) map[string]string {
 // filter and no mount), then wasme's annotations on workloads no live FilterDeployment selects.
 // It depends on neither the image nor the node caches, so a workload relabelled away is released
 // even while those fail or wait.
-func (r *FilterDeploymentReconciler) reconcileRelease(ctx context.Context, fd *wasmev1.FilterDeployment) error {
+func (r *FilterDeploymentReconciler) reconcileRelease(ctx context.Context, fd *wasmev1.FilterDeployment, ecdsLive bool) error {
 	selected, err := r.selectedWorkloads(ctx, fd)
 	if err != nil {
 		var st *stallingError
@@ -247,7 +252,11 @@ func (r *FilterDeploymentReconciler) reconcileRelease(ctx context.Context, fd *w
 	if err := r.deleteStaleEnvoyFilters(ctx, fd, want); err != nil {
 		return err
 	}
-	return r.releaseUnselected(ctx, fd.Namespace, nil)
+	var live *wasmev1.FilterDeployment
+	if ecdsLive {
+		live = fd
+	}
+	return r.releaseUnselected(ctx, fd.Namespace, nil, live)
 }
 
 // applyEnvoyFilter creates or updates the workload's EnvoyFilter, and writes nothing when it is
@@ -256,7 +265,11 @@ func (r *FilterDeploymentReconciler) applyEnvoyFilter(ctx context.Context, fd *w
 	if errs := validation.IsDNS1123Subdomain(f.Name); len(errs) > 0 {
 		return fmt.Errorf("EnvoyFilter name %q: %s; use a shorter spec.filter.id", f.Name, strings.Join(errs, ", "))
 	}
-	ef, err := istio.BuildEnvoyFilter(f)
+	build := istio.BuildEnvoyFilter
+	if f.ModuleURL != "" {
+		build = istio.BuildECDSEnvoyFilter
+	}
+	ef, err := build(f)
 	if err != nil {
 		return err
 	}
@@ -475,9 +488,10 @@ func (r *FilterDeploymentReconciler) applyWorkload(ctx context.Context, w worklo
 }
 
 // releaseUnselected restores every workload of the namespace that wasme patched and that no
-// live FilterDeployment selects any more (relabelled, kind changed, FilterDeployment deleted).
-// except is a FilterDeployment being deleted, which no longer counts.
-func (r *FilterDeploymentReconciler) releaseUnselected(ctx context.Context, ns string, except *wasmev1.FilterDeployment) error {
+// live FilterDeployment selects any more (relabelled, kind changed, FilterDeployment deleted)
+// or that only ECDS FilterDeployments select now. except is a FilterDeployment being deleted,
+// which no longer counts; ecdsLive, when set, has just written its ECDS EnvoyFilters.
+func (r *FilterDeploymentReconciler) releaseUnselected(ctx context.Context, ns string, except, ecdsLive *wasmev1.FilterDeployment) error {
 	var fds wasmev1.FilterDeploymentList
 	if err := r.List(ctx, &fds, client.InNamespace(ns)); err != nil {
 		return fmt.Errorf("listing FilterDeployments: %w", err)
@@ -489,7 +503,7 @@ func (r *FilterDeploymentReconciler) releaseUnselected(ctx context.Context, ns s
 			return fmt.Errorf("listing %ss: %w", kind, err)
 		}
 		for _, w := range ws {
-			if _, patched := w.annotations[OriginalAnnotation]; !patched || selectedByAny(fds.Items, w, except) {
+			if _, patched := w.annotations[OriginalAnnotation]; !patched || mountedByAny(fds.Items, w, except, ecdsLive) {
 				continue
 			}
 			errs = append(errs, r.releaseWorkload(ctx, w))
@@ -498,15 +512,24 @@ func (r *FilterDeploymentReconciler) releaseUnselected(ctx context.Context, ns s
 	return errors.Join(errs...)
 }
 
-func selectedByAny(fds []wasmev1.FilterDeployment, w workload, except *wasmev1.FilterDeployment) bool {
+// mountedByAny tells whether a live FilterDeployment still needs w's cache mount: it selects
+// w and is not in ECDS delivery yet. One switching to ECDS keeps the mount until its ECDS
+// EnvoyFilters are written (this pass's ecdsLive, or a Ready status in ECDS for the others), so
+// the pods never roll into a window without the filter.
+func mountedByAny(fds []wasmev1.FilterDeployment, w workload, except, ecdsLive *wasmev1.FilterDeployment) bool {
 	for i := range fds {
 		fd := &fds[i]
-		if (except != nil && fd.UID == except.UID) || !fd.DeletionTimestamp.IsZero() {
+		if (except != nil && fd.UID == except.UID) || !fd.DeletionTimestamp.IsZero() || !selects(fd, w) {
 			continue
 		}
-		if selects(fd, w) {
-			return true
+		if ecdsLive != nil && fd.UID == ecdsLive.UID {
+			continue
 		}
+		if fd.Spec.Delivery == wasmev1.DeliveryECDS && fd.Status.Delivery == wasmev1.DeliveryECDS &&
+			fd.Status.ObservedGeneration == fd.Generation && apimeta.IsStatusConditionTrue(fd.Status.Conditions, wasmev1.ReadyCondition) {
+			continue
+		}
+		return true
 	}
 	return false
 }
@@ -520,7 +543,7 @@ func (r *FilterDeploymentReconciler) reconcileDelete(ctx context.Context, fd *wa
 	if err := r.deleteStaleEnvoyFilters(ctx, fd, nil); err != nil {
 		return err
 	}
-	if err := r.releaseUnselected(ctx, fd.Namespace, fd); err != nil {
+	if err := r.releaseUnselected(ctx, fd.Namespace, fd, nil); err != nil {
 		return err
 	}
 	patch := client.MergeFrom(fd.DeepCopy())
