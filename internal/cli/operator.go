@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path"
 	"strings"
@@ -40,6 +41,7 @@ type operatorOptions struct {
 	clusterCIDRs            []string
 	allowInsecure           bool
 	cacheDir                string
+	cacheURL                string
 	log                     logFlags
 }
 
@@ -91,6 +93,9 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 			if err := checkCacheDir(o.cacheDir); err != nil {
 				return err
 			}
+			if err := checkCacheURL(o.cacheURL); err != nil {
+				return err
+			}
 			egress, err := wasmimage.NewEgressPolicy(o.allowedRegistries, o.clusterCIDRs)
 			if err != nil {
 				return fmt.Errorf("--allowed-registries or --cluster-cidrs: %w", err)
@@ -121,6 +126,7 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 				Images:                  operator.RegistryImages{Options: imgOpts, Egress: egress},
 				AllowInsecureRegistries: o.allowInsecure,
 				CacheDir:                o.cacheDir,
+				ModuleURLBase:           o.cacheURL,
 				MaxModuleBytes:          maxModule,
 				ModuleStoreBytes:        storeSize,
 				Validation: validation.Limits{
@@ -157,8 +163,19 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 		"allow imagePullOptions.plainHttp and insecureSkipVerify in every namespace (otherwise only in namespaces labelled "+operator.AllowInsecureRegistriesLabel+"=true)")
 	f.StringVar(&o.cacheDir, "cache-directory", wasmev1.CacheDir,
 		"the node caches' directory (their --directory, the DaemonSet's hostPath): mounted read-only into the sidecars at the same path and named in the EnvoyFilters")
+	f.StringVar(&o.cacheURL, "cache-url", operator.DefaultModuleURLBase,
+		"the node-local wasme-cache Service (internalTrafficPolicy Local) that istio-agent fetches modules from in ECDS delivery, as http://host:port")
 	o.log.bind(f)
 	return cmd
+}
+
+// checkCacheURL refuses a cache URL istio-agent could not fetch "<url>/sha256/<hex>" from.
+func checkCacheURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || strings.Trim(u.Path, "/") != "" {
+		return fmt.Errorf("--cache-url %q: want http://host:port, such as %s", raw, operator.DefaultModuleURLBase)
+	}
+	return nil
 }
 
 // checkCacheDir refuses a cache directory the sidecars could not mount at the same path.

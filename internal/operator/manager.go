@@ -62,6 +62,9 @@ type Options struct {
 	// CacheDir is the node cache's directory, mounted into the sidecars at the same path;
 	// empty means wasmev1.CacheDir. It must be the wasme-cache DaemonSet's hostPath.
 	CacheDir string
+	// ModuleURLBase is the node-local cache Service for ECDS delivery; empty means
+	// DefaultModuleURLBase.
+	ModuleURLBase string
 	// Images defaults to RegistryImages{} (with the default egress policy).
 	Images ImageSource
 	// Validate defaults to a validation child process per module (internal/validation), run
@@ -148,6 +151,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 
 		AllowInsecureRegistries: o.AllowInsecureRegistries,
 		CacheDir:                o.CacheDir,
+		ModuleURLBase:           o.ModuleURLBase,
 	}
 	if err := cacheprotocol.IndexFilterDeployments(ctx, mgr.GetFieldIndexer()); err != nil {
 		return err
