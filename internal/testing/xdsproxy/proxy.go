@@ -396,3 +396,33 @@ func closePlugins(ps []*wasmhost.Plugin) {
 		_ = pl.Close(context.Background())
 	}
 }
+
+// ExtensionConfigType is the ECDS type URL, which Envoy requests by name for an HTTP filter
+// with config_discovery.
+const ExtensionConfigType = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+
+// Discover asks istiod once, on a stream of its own with this proxy's node, for the named
+// resources of one type, and returns its answer. The proxy itself runs only what LDS gives it;
+// this lets a test see what istiod serves for other types (ECDS) to this sidecar.
+func (p *Proxy) Discover(ctx context.Context, typeURL string, names []string) (*discoveryv3.DiscoveryResponse, error) {
+	node, err := p.opts.Identity.node()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(p.opts.XDSAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close() //nolint:errcheck // ends the stream; nothing is pending on it then
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: typeURL, ResourceNames: names}); err != nil {
+		return nil, err
+	}
+	return s.Recv()
+}
