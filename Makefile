@@ -105,6 +105,11 @@ test: ## Run every test against a real kube-apiserver and etcd (test/e2e also ag
 	  go test -timeout 30m $(GO_TEST_FLAGS) ./... && \
 	  cd test/interop/istio && go test $(GO_TEST_FLAGS) ./...
 
+.PHONY: race
+race: ## Run the packages where concurrency lives (module server, node cache daemon, filter host pools) under the race detector.
+	@assets=$$(hack/tools/build.sh --assets) && registry=$$(hack/tools/build.sh registry) && \
+	  KUBEBUILDER_ASSETS=$$assets WASME_TEST_REGISTRY=$$registry go test -race -timeout 20m ./internal/cacheprotocol/ ./internal/nodecache/ ./internal/wasmhost/
+
 FUZZTIME ?= 10s
 .PHONY: fuzz
 fuzz: ## Run each fuzz target briefly (FUZZTIME, default 10s) beyond its seed corpus.
