@@ -6,7 +6,6 @@ import (
 	"slices"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime/pkg/builder"
@@ -19,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	wasmeac "wasme.io/wasme/api/v1/applyconfiguration/api/v1"
 )
 
 // ModuleSetReconciler keeps ModuleSet/cluster equal to the union of the module digests that
@@ -66,22 +66,8 @@ func (r *ModuleSetReconciler) Reconcile(ctx context.Context, _ reconcile.Request
 	case slices.Equal(cur.Spec.Digests, want):
 		return reconcile.Result{}, nil
 	}
-	spec := map[string]any{}
-	if len(want) > 0 {
-		digests := make([]any, len(want))
-		for i, d := range want {
-			digests[i] = d
-		}
-		spec["digests"] = digests
-	}
-	set := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": wasmev1.GroupVersion.String(),
-		"kind":       "ModuleSet",
-		"metadata":   map[string]any{"name": wasmev1.ModuleSetName},
-		"spec":       spec,
-	}}
-	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(set),
-		client.FieldOwner(wasmev1.OperatorFieldManager), client.ForceOwnership); err != nil {
+	set := wasmeac.ModuleSet(wasmev1.ModuleSetName).WithSpec(wasmeac.ModuleSetSpec().WithDigests(want...))
+	if err := r.Client.Apply(ctx, set, client.FieldOwner(wasmev1.OperatorFieldManager), client.ForceOwnership); err != nil {
 		return reconcile.Result{}, fmt.Errorf("writing the ModuleSet: %w", err)
 	}
 	return reconcile.Result{}, nil
