@@ -9,14 +9,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	wasmeac "wasme.io/wasme/api/v1/applyconfiguration/api/v1"
 )
 
 // fanoutCase is one way node caches learn what to hold: "before" is the design up to the
@@ -250,42 +249,24 @@ func (s *simCache) run(ctx context.Context) error {
 
 // report writes the NodeCache as the daemon does: Ready, a fresh heartbeat, the held modules.
 func (s *simCache) report(ctx context.Context) error {
-	now := metav1.Now()
-	nc := &wasmev1.NodeCache{
-		TypeMeta:   metav1.TypeMeta{APIVersion: wasmev1.GroupVersion.String(), Kind: "NodeCache"},
-		ObjectMeta: metav1.ObjectMeta{Name: s.name, Labels: map[string]string{simLabel: s.tag}},
-	}
 	if !s.created {
-		if err := applyObject(ctx, s.e.admin, nc, false); err != nil {
+		if err := s.e.admin.Apply(ctx, wasmeac.NodeCache(s.name).WithLabels(map[string]string{simLabel: s.tag}),
+			client.FieldOwner("bench-sim"), client.ForceOwnership); err != nil {
 			return err
 		}
 		s.created = true
 		s.writes.Add(1)
 	}
-	nc.Status.HeartbeatTime = &now
-	apimeta.SetStatusCondition(&nc.Status.Conditions, metav1.Condition{Type: wasmev1.ReadyCondition, Status: metav1.ConditionTrue, Reason: "Serving", Message: "simulated"})
+	now := metav1.Now()
+	st := wasmeac.NodeCacheStatus().WithHeartbeatTime(now).WithConditions(metav1ac.Condition().
+		WithType(wasmev1.ReadyCondition).WithStatus(metav1.ConditionTrue).WithReason("Serving").WithMessage("simulated").WithLastTransitionTime(now))
 	for _, d := range s.held {
-		nc.Status.Modules = append(nc.Status.Modules, wasmev1.NodeCacheModule{Digest: d, State: wasmev1.ModuleReady, Size: 1, LastTransitionTime: now})
+		st.WithModules(wasmeac.NodeCacheModule().WithDigest(d).WithState(wasmev1.ModuleReady).WithSize(1).WithLastTransitionTime(now))
 	}
-	if err := applyObject(ctx, s.e.admin, nc, true); err != nil {
+	if err := s.e.admin.Status().Apply(ctx, wasmeac.NodeCache(s.name).WithStatus(st),
+		client.FieldOwner("bench-sim"), client.ForceOwnership); err != nil {
 		return err
 	}
 	s.writes.Add(1)
 	return nil
-}
-
-// applyObject server-side applies obj (its status, if status) as the simulated caches' manager.
-func applyObject(ctx context.Context, c client.Client, obj client.Object, status bool) error {
-	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
-	if err != nil {
-		return err
-	}
-	unstructured.RemoveNestedField(m, "metadata", "creationTimestamp")
-	if !status {
-		delete(m, "status")
-		return c.Apply(ctx, client.ApplyConfigurationFromUnstructured(&unstructured.Unstructured{Object: m}),
-			client.FieldOwner("bench-sim"), client.ForceOwnership)
-	}
-	return c.Status().Apply(ctx, client.ApplyConfigurationFromUnstructured(&unstructured.Unstructured{Object: m}),
-		client.FieldOwner("bench-sim"), client.ForceOwnership)
 }
