@@ -191,12 +191,8 @@ func (s *Server) namedDigests() map[string]bool {
 		return nil
 	}
 	named := map[string]bool{}
-	for i := range list.Items {
-		for _, d := range []string{list.Items[i].Status.ModuleDigest, list.Items[i].Status.DeployedModuleDigest} {
-			if h, err := wasmev1.ModuleDigestHex(d); err == nil {
-				named[h] = true
-			}
-		}
+	for _, d := range wasmev1.NeededDigests(list.Items) {
+		named[strings.TrimPrefix(d, "sha256:")] = true
 	}
 	return named
 }
