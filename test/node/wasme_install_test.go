@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"wasme.io/wasme/internal/testing/node"
@@ -256,34 +255,39 @@ func TestInstall(t *testing.T) {
 	if err != nil || len(pods.Items) != 1 {
 		t.Fatalf("operator pods: %v %d", err, len(pods.Items))
 	}
-	var lease *coordinationv1.Lease
-	if err := eventually(2*time.Minute, func() error {
-		lease, err = n.Clientset.CoordinationV1().Leases("wasme").Get(ctx, "wasme-operator.wasme.io", metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if h := lease.Spec.HolderIdentity; h == nil || !strings.HasPrefix(*h, pods.Items[0].Name) {
-			return fmt.Errorf("lease held by %v, want the operator pod %s", h, pods.Items[0].Name)
-		}
-		return nil
-	}); err != nil {
-		t.Error(err)
-	}
-
-	// The NodeCache can only be written with a token bound to a cache pod on this node (the
-	// shipped ValidatingAdmissionPolicy): its existence shows the pod used its own token.
-	if err := eventually(2*time.Minute, func() error {
-		_, err := n.Kubectl(ctx, "get", "nodecaches.wasme.io", node.Name)
-		return err
-	}); err != nil {
-		t.Error(err)
-	}
+	checkLeaderAndReport(ctx, t, n, pods.Items[0].Name)
 	st, err := os.Stat("/var/local/lib/wasme-cache")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if ownerOf(st) != "65532:65532" || st.Mode().Perm() != 0o755 {
 		t.Errorf("the cache's hostPath is %s mode %o, want 65532:65532 mode 755 (the init step)", ownerOf(st), st.Mode().Perm())
+	}
+}
+
+// checkLeaderAndReport checks that operatorPod holds the leader lease and that the node's
+// NodeCache appears. The NodeCache can only be written with a token bound to a cache pod on
+// this node (the shipped ValidatingAdmissionPolicy): its existence shows the pod used its own
+// token and reached the operator.
+func checkLeaderAndReport(ctx context.Context, t *testing.T, n *node.Node, operatorPod string) {
+	t.Helper()
+	if err := eventually(2*time.Minute, func() error {
+		lease, err := n.Clientset.CoordinationV1().Leases("wasme").Get(ctx, "wasme-operator.wasme.io", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if h := lease.Spec.HolderIdentity; h == nil || operatorPod == "" || !strings.HasPrefix(*h, operatorPod) {
+			return fmt.Errorf("lease held by %v, want the operator pod %s", h, operatorPod)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	if err := eventually(2*time.Minute, func() error {
+		_, err := n.Kubectl(ctx, "get", "nodecaches.wasme.io", node.Name)
+		return err
+	}); err != nil {
+		t.Error(err)
 	}
 }
 

@@ -169,25 +169,7 @@ func TestHelmInstall(t *testing.T) {
 	if d.Labels["app.kubernetes.io/managed-by"] != "Helm" {
 		t.Errorf("wasme-operator labels %v: not the Helm release's", d.Labels)
 	}
-	if err := eventually(2*time.Minute, func() error {
-		lease, err := cs.CoordinationV1().Leases("wasme").Get(ctx, "wasme-operator.wasme.io", metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if h := lease.Spec.HolderIdentity; h == nil || operatorPod == "" || !strings.HasPrefix(*h, operatorPod) {
-			return fmt.Errorf("lease held by %v, want the operator pod %s", h, operatorPod)
-		}
-		return nil
-	}); err != nil {
-		t.Error(err)
-	}
-	// Written only with a cache pod's own token, reaching the operator through the hostAlias.
-	if err := eventually(2*time.Minute, func() error {
-		_, err := n.Kubectl(ctx, "get", "nodecaches.wasme.io", node.Name)
-		return err
-	}); err != nil {
-		t.Error(err)
-	}
+	checkLeaderAndReport(ctx, t, n, operatorPod)
 
 	manifest, err := helm(ctx, t, n, "get", "manifest", "wasme", "-n", "wasme")
 	if err != nil {
