@@ -77,8 +77,8 @@ verify: generate manifests build-installer tidy fmt vet lint ## Regenerate every
 		echo "make verify: the tree is not clean after regeneration:"; git status --porcelain; git --no-pager diff --stat; exit 1; fi
 
 .PHONY: tools
-tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, registry, helm, oras, crane, controller-gen, kustomize, golangci-lint, the real node's kubelet, containerd, ...) into the tool cache.
-	hack/tools/build.sh etcd kube-apiserver istiod registry helm oras crane controller-gen kustomize golangci-lint >/dev/null
+tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, istioctl, pilot-agent, CoreDNS, registry, helm, oras, crane, controller-gen, kustomize, golangci-lint, the real node's kubelet, containerd, ...) into the tool cache.
+	hack/tools/build.sh etcd kube-apiserver istiod istioctl pilot-agent coredns registry helm oras crane controller-gen kustomize golangci-lint >/dev/null
 	hack/tools/build.sh --node >/dev/null
 
 ##@ Build and test
@@ -117,7 +117,7 @@ fuzz: ## Run each fuzz target briefly (FUZZTIME, default 10s) beyond its seed co
 	  go test ./pkg/wasmimage -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; done
 
 .PHONY: demo
-demo: ## The seed walkthrough on a local control plane (etcd, kube-apiserver, istiod, registry, wasme); KEEP=1 keeps it up.
+demo: ## The seed walkthrough on a local control plane (etcd, kube-apiserver, istiod, istioctl, pilot-agent, CoreDNS, registry, wasme); KEEP=1 keeps it up.
 	@hack/prereqs.sh demo
 	@echo ">> demo: on the simulated node (pods are objects, no kubelet): the walkthrough on the real node needs Istio's injector and pilot-agent in pods, not done yet; test/node runs wasme on a real node"
 	@echo ">> then: etcd, kube-apiserver, istiod, the registry, the wasme operator and 2 node caches on 127.0.0.1, the seed walkthrough (about a minute)"

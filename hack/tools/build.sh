@@ -32,6 +32,9 @@ containerd               containerd      github.com/containerd/containerd/v2/cmd
 containerd-shim-runc-v2  containerd      github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 controller-gen           controller-gen  sigs.k8s.io/controller-tools/cmd/controller-gen
 istiod                   istiod          istio.io/istio/pilot/cmd/pilot-discovery
+istioctl                 istio-agent     istio.io/istio/istioctl/cmd/istioctl
+pilot-agent              istio-agent     istio.io/istio/pilot/cmd/pilot-agent
+coredns                  coredns         github.com/coredns/coredns
 oras                     oras            oras.land/oras/cmd/oras
 crane                    crane           github.com/google/go-containerregistry/cmd/crane
 kustomize                kustomize       sigs.k8s.io/kustomize/kustomize/v5
@@ -80,9 +83,19 @@ key_of() {
 
 dir_of() { echo "$cache/$1-$(key_of "$1")"; }
 
+# istiod (pilot-discovery) and istio-agent (pilot-agent, istioctl) are separate modules so that
+# neither build invalidates the other, but they must run one Istio: refuse a pin that drifted.
+same_istio() {
+  local a b
+  a=$(awk '$1 == "istio.io/istio" {print $2; exit}' "$here/istiod/go.mod")
+  b=$(awk '$1 == "istio.io/istio" {print $2; exit}' "$here/istio-agent/go.mod")
+  [ "$a" = "$b" ] || { echo "build.sh: istio.io/istio is $a in hack/tools/istiod but $b in hack/tools/istio-agent; pin both to one version" >&2; return 1; }
+}
+
 build() {
   local tool=$1 mod dir out
   mod=$(module_of "$tool")
+  case "$mod" in istiod | istio-agent) same_istio ;; esac
   dir=$(dir_of "$mod")
   out="$dir/$tool"
   mkdir -p "$dir"
