@@ -55,10 +55,22 @@ module_of() {
 
 # Build settings of a module beyond the defaults: containerd is built static and without the
 # snapshotters that need C libraries (btrfs, devmapper, zfs), which the tests do not use.
+# istiod, istio-agent (pilot-agent, istioctl) and CoreDNS are built static too: they run in the
+# real node's containers, on images without a C library, as Istio's and CoreDNS's own release
+# builds are static (CGO_ENABLED=0).
 env_of() {
   case "$1" in
-    containerd) echo CGO_ENABLED=0 ;;
+    containerd | istiod | istio-agent | coredns) echo CGO_ENABLED=0 ;;
     *) echo "CGO_ENABLED=$(go env CGO_ENABLED)" ;;
+  esac
+}
+
+# The build setting that is part of a module's key: istiod, istio-agent and CoreDNS became
+# static after their first pin, so their key names it (a cached cgo build is not reused);
+# containerd was static from the start and keeps its key.
+static_key_of() {
+  case "$1" in
+    istiod | istio-agent | coredns) env_of "$1" ;;
   esac
 }
 flags_of() {
@@ -78,7 +90,7 @@ version_flag_of() {
 }
 
 key_of() {
-  (cd "$here/$1" && { cat go.mod go.sum $(ls *.go 2>/dev/null); version_flag_of "$1"; } | sha256sum | cut -c1-16)
+  (cd "$here/$1" && { cat go.mod go.sum $(ls *.go 2>/dev/null); version_flag_of "$1"; static_key_of "$1"; } | sha256sum | cut -c1-16)
 }
 
 dir_of() { echo "$cache/$1-$(key_of "$1")"; }
