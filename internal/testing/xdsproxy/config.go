@@ -3,6 +3,7 @@ package xdsproxy
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	udpatypev1 "github.com/cncf/xds/go/udpa/type/v1"
 	xdstypev3 "github.com/cncf/xds/go/xds/type/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	rbaccfgv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
+	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	wasmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	wasmextv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/wasm/v3"
@@ -35,6 +38,7 @@ const (
 	stringValueURL     = "type.googleapis.com/google.protobuf.StringValue"
 	bytesValueURL      = "type.googleapis.com/google.protobuf.BytesValue"
 	structURL          = "type.googleapis.com/google.protobuf.Struct"
+	rbacTypeURL        = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 )
 
 // WasmFilter is one envoy.filters.http.wasm entry of the inbound HTTP filter chain, as the
@@ -162,41 +166,128 @@ func buildChain(listeners []*listenerv3.Listener, port uint32, resolve ModuleRes
 	if err != nil {
 		return nil, err
 	}
+	steps, err := HTTPFilters(hcm, resolve, nil)
+	if err != nil {
+		return nil, err
+	}
 	c := &Chain{Listener: l.GetName(), FilterChain: fc.GetName()}
+	for _, st := range steps {
+		c.HTTPFilters = append(c.HTTPFilters, st.Name)
+		if st.Wasm != nil {
+			c.Wasm = append(c.Wasm, *st.Wasm)
+		}
+	}
+	return c, nil
+}
+
+// ErrNotReceived marks an HTTP filter whose extension config (ECDS) has not arrived yet; Envoy
+// keeps such a listener warming, and so does the stand-in.
+var ErrNotReceived = errors.New("extension config not received yet")
+
+// ExtensionConfigs returns the typed config of the ECDS resource name (as the agent forwarded
+// it), or false when none has arrived.
+type ExtensionConfigs func(name string) (*anypb.Any, bool)
+
+// Step is one HTTP filter of a chain as a proxy runs it.
+type Step struct {
+	// Name is the filter's name in the chain (for ECDS, the extension config's name).
+	Name string
+	// Wasm is set for a Wasm filter.
+	Wasm *WasmFilter
+	// Deny is set for an RBAC filter that denies every request (istio-agent puts one in place
+	// of a Wasm filter whose module it could not fetch, fail strategy FailClose).
+	Deny bool
+	// Discovered: the filter came from extension config discovery.
+	Discovered bool
+}
+
+// HTTPFilters reads the HTTP filters of an HTTP connection manager in order and loads every Wasm
+// filter, inline or, when ecds is not nil, from extension config discovery. Envoy's own filters
+// (istio.alpn, fault, cors, router...) are listed by name and not run; a Wasm filter this proxy
+// cannot run as configured is an error, never skipped.
+func HTTPFilters(hcm *hcmv3.HttpConnectionManager, resolve ModuleResolver, ecds ExtensionConfigs) ([]Step, error) {
+	var out []Step
 	for i, hf := range hcm.GetHttpFilters() {
-		c.HTTPFilters = append(c.HTTPFilters, hf.GetName())
 		isWasm := hf.GetName() == WasmFilterName
+		var tc *anypb.Any
+		discovered := false
 		switch {
 		case hf.GetConfigDiscovery() != nil:
-			if isWasm || slices.Contains(hf.GetConfigDiscovery().GetTypeUrls(), wasmTypeURL) {
-				return nil, fmt.Errorf("HTTP filter %d (%s) comes from extension config discovery (ECDS), which this proxy does not implement", i, hf.GetName())
+			cd := hf.GetConfigDiscovery()
+			if ecds == nil {
+				if isWasm || slices.Contains(cd.GetTypeUrls(), wasmTypeURL) {
+					return nil, fmt.Errorf("HTTP filter %d (%s) comes from extension config discovery (ECDS), which this proxy does not implement", i, hf.GetName())
+				}
+				out = append(out, Step{Name: hf.GetName()})
+				continue
 			}
-			continue
+			a, ok := ecds(hf.GetName())
+			if !ok {
+				return nil, fmt.Errorf("HTTP filter %d (%s): %w", i, hf.GetName(), ErrNotReceived)
+			}
+			if !slices.Contains(cd.GetTypeUrls(), a.GetTypeUrl()) {
+				return nil, fmt.Errorf("HTTP filter %d (%s): extension config of type %s, not one of the filter's type_urls %v", i, hf.GetName(), a.GetTypeUrl(), cd.GetTypeUrls())
+			}
+			tc, discovered = a, true
 		case hf.GetTypedConfig() != nil:
+			tc = hf.GetTypedConfig()
 		default:
 			if isWasm {
 				return nil, fmt.Errorf("HTTP filter %d (%s) has no typed_config", i, hf.GetName())
 			}
+			out = append(out, Step{Name: hf.GetName()})
 			continue
 		}
-		w, isWasmType, err := wasmConfig(hf.GetTypedConfig())
+		st := Step{Name: hf.GetName(), Discovered: discovered}
+		if tc.GetTypeUrl() == rbacTypeURL && discovered {
+			deny, err := rbacDenyAll(tc)
+			if err != nil {
+				return nil, fmt.Errorf("HTTP filter %d (%s): %w", i, hf.GetName(), err)
+			}
+			st.Deny = deny
+			out = append(out, st)
+			continue
+		}
+		w, isWasmType, err := wasmConfig(tc)
 		if err != nil {
 			return nil, fmt.Errorf("HTTP filter %d (%s): %w", i, hf.GetName(), err)
 		}
 		if !isWasmType {
 			if isWasm {
-				return nil, fmt.Errorf("HTTP filter %d is named %s but its config is a %s", i, WasmFilterName, hf.GetTypedConfig().GetTypeUrl())
+				return nil, fmt.Errorf("HTTP filter %d is named %s but its config is a %s", i, WasmFilterName, tc.GetTypeUrl())
 			}
-			// Envoy's own filters (istio.alpn, fault, cors, router...) are not ours to run.
+			if discovered {
+				return nil, fmt.Errorf("HTTP filter %d (%s) has an extension config of type %s, which this proxy cannot run", i, hf.GetName(), tc.GetTypeUrl())
+			}
+			out = append(out, st)
 			continue
 		}
 		wf, err := loadWasm(w, resolve)
 		if err != nil {
 			return nil, fmt.Errorf("HTTP filter %d (%s): %w", i, hf.GetName(), err)
 		}
-		c.Wasm = append(c.Wasm, *wf)
+		st.Wasm = wf
+		out = append(out, st)
 	}
-	return c, nil
+	return out, nil
+}
+
+// rbacDenyAll reads the two RBAC filters istio-agent substitutes for a Wasm filter it could
+// not fetch: no rules (allow all, fail open) and rules without policies (deny all, fail
+// close). Any other RBAC config is refused: this proxy does not evaluate policies.
+func rbacDenyAll(a *anypb.Any) (bool, error) {
+	r := &rbacv3.RBAC{}
+	if err := a.UnmarshalTo(r); err != nil {
+		return false, err
+	}
+	if r.GetRules() == nil {
+		return false, nil
+	}
+	if len(r.GetRules().GetPolicies()) > 0 {
+		return false, fmt.Errorf("RBAC with %d policies: this proxy only runs the allow-all and deny-all filters istio-agent substitutes for a module it could not fetch", len(r.GetRules().GetPolicies()))
+	}
+	// No policy matches: ALLOW denies every request, DENY allows every request.
+	return r.GetRules().GetAction() == rbaccfgv3.RBAC_ALLOW, nil
 }
 
 // wasmConfig decodes a Wasm filter config, plain or inside a TypedStruct; isWasm is false for

@@ -206,7 +206,7 @@ func (p *Proxy) Close() error {
 	old := p.plugins
 	p.plugins = nil
 	p.mu.Unlock()
-	closePlugins(old)
+	ClosePlugins(old)
 	if p.ownCache {
 		_ = p.wc.Close(context.Background())
 	}
@@ -369,21 +369,27 @@ func (p *Proxy) apply(ctx context.Context, resp *discoveryv3.DiscoveryResponse) 
 	close(p.changed)
 	p.changed = make(chan struct{})
 	p.mu.Unlock() // requests in flight on the old chain held RLock; Lock waited for them
-	closePlugins(old)
+	ClosePlugins(old)
 	return err
 }
 
 func (p *Proxy) startPlugins(ctx context.Context, c *Chain) ([]*wasmhost.Plugin, error) {
+	return StartPlugins(ctx, c.Wasm, p.wc, p.log, p.opts.Identity.NodeID())
+}
+
+// StartPlugins starts one wasmhost plugin per filter, in order, sharing cache, with the node
+// id as the node.id property; on error the ones started are closed.
+func StartPlugins(ctx context.Context, filters []WasmFilter, cache *wasmhost.Cache, log *slog.Logger, nodeID string) ([]*wasmhost.Plugin, error) {
 	var out []*wasmhost.Plugin
-	for _, w := range c.Wasm {
+	for _, w := range filters {
 		pl, err := wasmhost.NewPlugin(ctx, wasmhost.PluginConfig{
 			Module: w.Module, Name: w.Name, RootID: w.RootID, VMID: w.VMID,
 			Configuration: w.Configuration, VMConfiguration: w.VMConfiguration,
-			FailOpen: w.FailOpen, Cache: p.wc, Logger: p.log,
-			Properties: map[string][]byte{"node.id": []byte(p.opts.Identity.NodeID())},
+			FailOpen: w.FailOpen, Cache: cache, Logger: log,
+			Properties: map[string][]byte{"node.id": []byte(nodeID)},
 		})
 		if err != nil {
-			closePlugins(out)
+			ClosePlugins(out)
 			return nil, fmt.Errorf("starting Wasm filter %q (root id %q): %w", w.Name, w.RootID, err)
 		}
 		out = append(out, pl)
@@ -391,7 +397,8 @@ func (p *Proxy) startPlugins(ctx context.Context, c *Chain) ([]*wasmhost.Plugin,
 	return out, nil
 }
 
-func closePlugins(ps []*wasmhost.Plugin) {
+// ClosePlugins closes every plugin of ps.
+func ClosePlugins(ps []*wasmhost.Plugin) {
 	for _, pl := range ps {
 		_ = pl.Close(context.Background())
 	}
