@@ -18,15 +18,15 @@ problems=()
 # (measured cold on a shared two-core machine; a faster machine takes less).
 case "$target" in
   demo) tools=(etcd kube-apiserver istiod registry) ;;
-  test) tools=(etcd kube-apiserver istiod istioctl coredns registry helm oras crane cosign kubelet containerd) ;;
+  test) tools=(etcd kube-apiserver istiod istioctl coredns registry helm oras crane kubelet containerd) ;;
   bench) tools=(etcd kube-apiserver registry oras) ;;
-  ci) tools=(etcd kube-apiserver istiod istioctl coredns registry helm oras crane cosign controller-gen kustomize golangci-lint kubelet containerd) ;;
+  ci) tools=(etcd kube-apiserver istiod istioctl coredns registry helm oras crane controller-gen kustomize golangci-lint kubelet containerd) ;;
   realnode) tools=(etcd kube-apiserver kubelet containerd) ;;
   *) echo "hack/prereqs.sh: unknown target $target (demo, test, bench, ci, realnode)" >&2; exit 2 ;;
 esac
 minutes_of() {
   case "$1" in
-    kube-apiserver) echo 6 ;; istiod | istioctl) echo 8 ;; cosign) echo 12 ;; coredns) echo 4 ;; etcd | registry | helm | containerd) echo 3 ;;
+    kube-apiserver) echo 6 ;; istiod | istioctl) echo 8 ;; coredns) echo 4 ;; etcd | registry | helm | containerd) echo 3 ;;
     kubelet | golangci-lint) echo 5 ;; # kubelet with kube-controller-manager, kube-scheduler, kube-proxy and kubectl
     *) echo 1 ;;
   esac
@@ -34,7 +34,7 @@ minutes_of() {
 
 # Debian packages: the real node's runtime pieces (test/node runs a kubelet; make test and CI
 # run it); the bench compares the node cache with nginx.
-node_pkgs=(runc containernetworking-plugins iptables conntrack)
+node_pkgs=(runc containernetworking-plugins iptables conntrack curl netbase)
 case "$target" in
   realnode | test | ci) apt_pkgs=("${node_pkgs[@]}") ;;
   bench) apt_pkgs=(nginx) ;;

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -148,11 +149,15 @@ func GoBuild(ctx context.Context, dir, pkg, goos, goarch, ldflags, out string) e
 	return nil
 }
 
-// File is one regular file of a layer; Path is relative to the root.
+// File is one regular file of a layer; Path is relative to the root. With Link set it is a
+// symbolic link to Link instead (Data is ignored).
 type File struct {
 	Path string
 	Data []byte
 	Mode int64
+	Link string
+	// UID and GID own the entry (root when zero).
+	UID, GID int
 }
 
 // ImageSpec is one single-platform image: the base layer and a layer of files on top.
@@ -201,7 +206,11 @@ func Image(s ImageSpec) (v1.Image, error) {
 	if cf.Config.User == "" {
 		cf.Config.User = fmt.Sprintf("%d:%d", NonRootUID, NonRootUID)
 	}
-	cf.Config.Env = append([]string{"PATH=/", "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"}, s.Env...)
+	defaults := []string{"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"}
+	if !slices.ContainsFunc(s.Env, func(e string) bool { return strings.HasPrefix(e, "PATH=") }) {
+		defaults = append([]string{"PATH=/"}, defaults...)
+	}
+	cf.Config.Env = append(defaults, s.Env...)
 	cf.Config.WorkingDir = "/"
 	cf.Config.Labels = s.Labels
 	cf.History = nil
@@ -261,10 +270,14 @@ func Layer(files []File, mtime time.Time) (v1.Layer, error) {
 			addDir(d+"/", 0o755)
 		}
 		if isDir {
-			entries[clean+"/"] = entry{hdr: &tar.Header{Typeflag: tar.TypeDir, Name: clean + "/", Mode: f.Mode}}
+			entries[clean+"/"] = entry{hdr: &tar.Header{Typeflag: tar.TypeDir, Name: clean + "/", Mode: f.Mode, Uid: f.UID, Gid: f.GID}}
 			continue
 		}
-		entries[clean] = entry{hdr: &tar.Header{Typeflag: tar.TypeReg, Name: clean, Mode: f.Mode, Size: int64(len(f.Data))}, data: f.Data}
+		if f.Link != "" {
+			entries[clean] = entry{hdr: &tar.Header{Typeflag: tar.TypeSymlink, Name: clean, Linkname: f.Link, Mode: 0o777, Uid: f.UID, Gid: f.GID}}
+			continue
+		}
+		entries[clean] = entry{hdr: &tar.Header{Typeflag: tar.TypeReg, Name: clean, Mode: f.Mode, Size: int64(len(f.Data)), Uid: f.UID, Gid: f.GID}, data: f.Data}
 	}
 	names := make([]string, 0, len(entries))
 	for n := range entries {
