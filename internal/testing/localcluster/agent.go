@@ -75,9 +75,9 @@ func (c *Cluster) StartPilotAgent(ctx context.Context, ns, deployment string, o 
 	if o.Port == 0 {
 		o.Port = BookinfoPort
 	}
-	for _, bin := range []string{"nsenter", "ip", "iptables-nft"} {
+	for _, bin := range []string{"nsenter", "ip", "iptables-nft", "curl"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			return nil, fmt.Errorf("the pilot-agent harness needs %s (util-linux, iproute2, iptables; hack/prereqs.sh installs them): %w", bin, err)
+			return nil, fmt.Errorf("the pilot-agent harness needs %s (util-linux, iproute2, iptables, curl; hack/prereqs.sh installs them): %w", bin, err)
 		}
 	}
 	agentBin, err := tools.PilotAgent(c.progress)
