@@ -21,7 +21,7 @@ case "$target" in
   test) tools=(etcd kube-apiserver istiod istioctl coredns registry helm oras crane kubelet containerd) ;;
   bench) tools=(etcd kube-apiserver registry oras) ;;
   ci) tools=(etcd kube-apiserver istiod istioctl coredns registry helm oras crane controller-gen kustomize golangci-lint kubelet containerd) ;;
-  realnode) tools=(etcd kube-apiserver kubelet containerd) ;;
+  realnode) tools=(etcd kube-apiserver kubelet containerd coredns istiod istioctl) ;;
   *) echo "hack/prereqs.sh: unknown target $target (demo, test, bench, ci, realnode)" >&2; exit 2 ;;
 esac
 minutes_of() {

@@ -21,18 +21,13 @@ import (
 	"wasme.io/wasme/internal/testing/tools"
 )
 
-// operatorServiceIP is the fixed cluster IP the install overlay gives the operator's Service:
-// the test node runs no cluster DNS, so the cache pods resolve wasme-operator.wasme.svc
-// through a hostAlias to it.
-const operatorServiceIP = "10.253.0.100"
-
 var installed bool
 
 // install installs wasme as a user does, once per run: the image from `make image` (hack/image)
 // pushed to the node's registry, `kubectl apply --server-side -f deploy/crds.yaml`, then
 // deploy/wasme.yaml through a kustomize overlay. The overlay changes the image and, because
-// the test registry is on a private address and the node has no DNS, the operator's
-// --allowed-registries, its Service's cluster IP and a hostAlias for it in the cache pods.
+// the test registry is on a private address, the operator's --allowed-registries. The caches
+// reach the operator by its Service's name (--operator-url), through the node's CoreDNS.
 func install(t *testing.T, n *node.Node) {
 	t.Helper()
 	if installed {
@@ -67,17 +62,7 @@ patches:
     - op: add
       path: /spec/template/spec/containers/0/args/-
       value: --allowed-registries=%s
-- target: {kind: Service, name: wasme-operator}
-  patch: |
-    - op: add
-      path: /spec/clusterIP
-      value: %s
-- target: {kind: DaemonSet, name: wasme-cache}
-  patch: |
-    - op: add
-      path: /spec/template/spec/hostAliases
-      value: [{ip: %s, hostnames: [wasme-operator.wasme.svc]}]
-`, name, digest, n.RegistryHost, operatorServiceIP, operatorServiceIP)
+`, name, digest, n.RegistryHost)
 	for f, b := range map[string][]byte{"wasme.yaml": manifest, "kustomization.yaml": []byte(kustomization)} {
 		if err := os.WriteFile(filepath.Join(overlay, f), b, 0o644); err != nil {
 			t.Fatal(err)

@@ -107,8 +107,7 @@ func uninstallKustomize(ctx context.Context, t *testing.T, n *node.Node) {
 }
 
 // TestHelmInstall installs wasme with `helm install` of charts/wasme, the same image and the
-// values for what the kustomize overlay changes (allowed registry, operator Service IP, the
-// cache's hostAlias): the operator Deployment and the cache DaemonSet become Ready through
+// value for what the kustomize overlay changes (the allowed registry): the operator Deployment and the cache DaemonSet become Ready through
 // their probes, the cache writes its NodeCache and the operator holds the lease. `helm
 // uninstall` then removes every object of the release; the CRDs stay, as Helm leaves them.
 func TestHelmInstall(t *testing.T) {
@@ -136,8 +135,6 @@ func TestHelmInstall(t *testing.T) {
 		"--set", "namespace.create=false",
 		"--set", "image.repository="+name, "--set", "image.digest="+digest,
 		"--set-json", fmt.Sprintf(`operator.allowedRegistries=[%q]`, n.RegistryHost),
-		"--set", "operator.service.clusterIP="+operatorServiceIP,
-		"--set-json", fmt.Sprintf(`cache.hostAliases=[{"ip":%q,"hostnames":["wasme-operator.wasme.svc"]}]`, operatorServiceIP),
 	); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}

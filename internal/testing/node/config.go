@@ -186,7 +186,9 @@ failCgroupV1: false
 oomScoreAdj: 0
 failSwapOn: false
 serializeImagePulls: false
-clusterDomain: cluster.local
+# CoreDNS of dns.go, started with the node.
+clusterDomain: ` + ClusterDomain + `
+clusterDNS: [` + DNSServiceIP + `]
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: true}

@@ -1,6 +1,6 @@
 // Package node runs a real Kubernetes node for tests: etcd, kube-apiserver,
 // kube-controller-manager, kube-scheduler, containerd (with Debian's runc and CNI plugins),
-// kubelet and kube-proxy, all in a network namespace of their own, with a pause image built
+// kubelet, kube-proxy and CoreDNS as cluster DNS, all in a network namespace of their own, with a pause image built
 // here and a registry on the host side of the namespace's veth that containerd pulls from.
 //
 // The components share the host's mount namespace (volume mounts must be visible to runc) and
@@ -93,16 +93,18 @@ type Node struct {
 	Tools string
 	// Started is when Start began.
 	Started time.Time
-	// Ready is when the Node became Ready and kube-proxy and the default ServiceAccount were there.
+	// Ready is when the Node became Ready and kube-proxy, the default ServiceAccount and
+	// CoreDNS were there.
 	Ready time.Time
 
-	st       *state
-	lockFile *os.File
-	procs    []*proc.Process
-	fwd      net.Listener
-	progress io.Writer
-	stopOnce sync.Once
-	stopErr  error
+	st         *state
+	corednsBin string
+	lockFile   *os.File
+	procs      []*proc.Process
+	fwd        net.Listener
+	progress   io.Writer
+	stopOnce   sync.Once
+	stopErr    error
 }
 
 // Missing lists what this machine lacks to run a node, each with how to get it; empty when it
@@ -162,8 +164,9 @@ func lookPath(bin string) (string, error) {
 	return "", fmt.Errorf("%s not found", bin)
 }
 
-// Start brings a node up and returns once the Node is Ready, kube-proxy runs and the default
-// ServiceAccount exists. On error nothing of it is left.
+// Start brings a node up and returns once the Node is Ready, kube-proxy runs, the default
+// ServiceAccount exists and CoreDNS answers behind the kube-dns Service. On error nothing of
+// it is left.
 func Start(ctx context.Context, o Options) (n *Node, err error) {
 	if m := Missing(); len(m) > 0 {
 		return nil, fmt.Errorf("this machine cannot run a real node; missing: %s", strings.Join(m, "; "))
@@ -176,11 +179,16 @@ func Start(ctx context.Context, o Options) (n *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("the node tools (hack/tools/build.sh --node): %w", err)
 	}
+	// Built before the lock is taken: a first build must not hold up another test's node.
+	corednsBin, err := tools.CoreDNS(progress)
+	if err != nil {
+		return nil, fmt.Errorf("the CoreDNS build (hack/tools/build.sh coredns): %w", err)
+	}
 	lf, err := lock()
 	if err != nil {
 		return nil, fmt.Errorf("the node lock %s: %w", lockFile, err)
 	}
-	n = &Node{Tools: toolsDir, lockFile: lf, progress: progress, Started: time.Now()}
+	n = &Node{Tools: toolsDir, corednsBin: corednsBin, lockFile: lf, progress: progress, Started: time.Now()}
 	if err := cleanupLeftovers(); err != nil {
 		_ = lf.Close() // releases the node lock
 		return nil, fmt.Errorf("cleaning up a node a previous test left behind: %w", err)
@@ -229,6 +237,7 @@ func Start(ctx context.Context, o Options) (n *Node, err error) {
 		{"containerd, kubelet", n.kubelet},
 		{"kube-proxy", n.kubeProxy},
 		{"default ServiceAccount", n.defaultSA},
+		{"cluster DNS (CoreDNS, kube-dns Service " + DNSServiceIP + ")", n.dns},
 	}
 	for _, s := range steps {
 		fmt.Fprintf(progress, ">> node: %s (%.1fs)\n", s.name, time.Since(n.Started).Seconds())

@@ -34,6 +34,12 @@ const (
 	// PilotAgentEnv names the pilot-agent binary (hack/tools/build.sh pilot-agent), which the
 	// proxyv2 test image and the pilot-agent tests run.
 	PilotAgentEnv = "WASME_PILOT_AGENT"
+	// CoreDNSEnv names the CoreDNS binary (hack/tools/build.sh coredns), the real node's
+	// cluster DNS.
+	CoreDNSEnv = "WASME_COREDNS"
+	// IstioctlEnv names the istioctl binary (hack/tools/build.sh istioctl), which installs
+	// Istio on the real node.
+	IstioctlEnv = "WASME_ISTIOCTL"
 )
 
 // RepoRoot is the root of this repository (the directory holding the main go.mod).
@@ -98,6 +104,12 @@ func Assets(progress io.Writer) (string, error) { return FromEnv(progress, Asset
 
 // NodeTools is the directory of the real node's binaries ($WASME_NODE_TOOLS or a build).
 func NodeTools(progress io.Writer) (string, error) { return FromEnv(progress, NodeToolsEnv, "--node") }
+
+// CoreDNS is the pinned CoreDNS binary ($WASME_COREDNS or a build).
+func CoreDNS(progress io.Writer) (string, error) { return FromEnv(progress, CoreDNSEnv, "coredns") }
+
+// Istioctl is the pinned istioctl binary ($WASME_ISTIOCTL or a build).
+func Istioctl(progress io.Writer) (string, error) { return FromEnv(progress, IstioctlEnv, "istioctl") }
 
 // IstioDir is the source directory of the pinned istio.io/istio module (downloaded into the
 // module cache if needed).
