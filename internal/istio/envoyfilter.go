@@ -59,8 +59,13 @@ func (s Shape) String() string {
 
 // Filter names and types Envoy knows the Wasm filter and its neighbours by.
 const (
-	WasmFilterName        = "envoy.filters.http.wasm"
-	WasmTypeURL           = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+	WasmFilterName = "envoy.filters.http.wasm"
+	WasmTypeURL    = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+	// RBACTypeURL is the RBAC filter istio-agent serves in a Wasm filter's place when it
+	// cannot fetch or verify the module (allow-all or deny-all by the fail strategy); an ECDS
+	// filter must accept it, as Istio's own WasmPlugins do, or Envoy rejects that
+	// substitute and the listener stays warming instead of failing closed.
+	RBACTypeURL           = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 	TypedStructURL        = "type.googleapis.com/udpa.type.v1.TypedStruct"
 	V8Runtime             = "envoy.wasm.runtime.v8"
 	legacyHCM             = "envoy.http_connection_manager"
@@ -133,7 +138,7 @@ func BuildECDSEnvoyFilter(f Filter) (*networkingv1alpha3.EnvoyFilter, error) {
 		"name": name,
 		"config_discovery": map[string]any{
 			"config_source": map[string]any{"ads": map[string]any{}},
-			"type_urls":     []any{WasmTypeURL},
+			"type_urls":     []any{WasmTypeURL, RBACTypeURL},
 		},
 	})
 	if err != nil {

@@ -205,6 +205,7 @@ const ecdsSpec = `configPatches:
           ads: {}
         type_urls:
         - type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+        - type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
       name: wasme.bookinfo-custom-filter.bookinfo
 workloadSelector:
   labels:
