@@ -30,7 +30,9 @@ import (
 // readiness check (configuration from istiod applied). Then the seed's
 // `kubectl exec deploy/productpage-v1 -c istio-proxy -- curl -I http://details.<ns>:9080/details/123`
 // answers 200, and details' test proxy counted that request on its inbound listener: it was
-// redirected to 15006 and forwarded to the application.
+// redirected to 15006 and forwarded to the application. Through ECDS (pilot-agent fetching
+// the module from a remote http_uri), the filter acts without a pod restart, and a module
+// pilot-agent cannot verify is replaced by its deny-all filter, which the test proxy runs.
 func TestInjectedSidecar(t *testing.T) {
 	n := sharedNode(t)
 	ctx := context.Background()
@@ -211,6 +213,54 @@ func TestInjectedSidecar(t *testing.T) {
 	if len(after.Items) != len(uids) {
 		t.Errorf("%d pods after the ECDS filter, %d before", len(after.Items), len(uids))
 	}
+
+	// A module pilot-agent cannot verify (the URL serves the seed's module, the EnvoyFilter
+	// names another sha256): istio-agent puts its deny-all RBAC filter in the Wasm filter's
+	// place (fail strategy FailClose, the default), which the test proxy runs: 403. Removing
+	// the EnvoyFilter lets requests through again.
+	bad, err := istio.BuildECDSEnvoyFilter(istio.Filter{
+		Name: "details-ecds-bad", Namespace: ns,
+		WorkloadLabels: map[string]string{"app": "details"},
+		ID:             "ecds-bad", RootID: "add_header", ModuleSHA256: strings.Repeat("0", 64),
+		Config:  wasmev1.FilterConfig{TypeURL: wasmev1.StringValueType, Value: []byte(`{"name":"x-bad","value":"yes"}`)},
+		Context: "SIDECAR_INBOUND", Shape: istio.TypedShape,
+		ModuleURL: istio.ModuleURL("http://"+ln.Addr().String(), sum),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if js, err = json.Marshal(bad); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(efFile, js, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := n.Kubectl(ctx, "apply", "-f", efFile); err != nil {
+		t.Fatalf("kubectl apply: %v: %s", err, out)
+	}
+	status := func() string {
+		out, _ := n.Kubectl(ctx, "exec", "-n", ns, "deploy/productpage-v1", "-c", "istio-proxy", "--",
+			"curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "http://details."+ns+":9080/details/123")
+		return strings.TrimSpace(out)
+	}
+	waitStatus := func(want, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			got := status()
+			if strings.HasSuffix(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: status %q, want %s\n%s", what, got, want, proxyLogs(ctx, n, ns, "details-v1"))
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	waitStatus("403", "a module whose sha256 does not match (istio-agent's deny-all in its place)")
+	if out, err := n.Kubectl(ctx, "delete", "-f", efFile); err != nil {
+		t.Fatalf("kubectl delete: %v: %s", err, out)
+	}
+	waitStatus("200", "after removing the unverifiable filter")
 }
 
 // proxyLogs is the end of the istio-proxy and istio-init logs of the Deployment's pods, for
