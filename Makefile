@@ -100,10 +100,10 @@ test: ## Run every test against a real kube-apiserver and etcd (test/e2e also ag
 	@hack/prereqs.sh test
 	@assets=$$(hack/tools/build.sh --assets) && istiod=$$(hack/tools/build.sh istiod) && registry=$$(hack/tools/build.sh registry) && \
 	  helm=$$(hack/tools/build.sh helm) && node=$$(hack/tools/build.sh --node) && \
-	  coredns=$$(hack/tools/build.sh coredns) && istioctl=$$(hack/tools/build.sh istioctl) && \
-	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm WASME_NODE_TOOLS=$$node WASME_COREDNS=$$coredns WASME_ISTIOCTL=$$istioctl" && \
+	  coredns=$$(hack/tools/build.sh coredns) && istioctl=$$(hack/tools/build.sh istioctl) && agent=$$(hack/tools/build.sh pilot-agent) && \
+	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm WASME_NODE_TOOLS=$$node WASME_COREDNS=$$coredns WASME_ISTIOCTL=$$istioctl WASME_PILOT_AGENT=$$agent" && \
 	  export KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm WASME_NODE_TOOLS=$$node \
-	    WASME_COREDNS=$$coredns WASME_ISTIOCTL=$$istioctl && \
+	    WASME_COREDNS=$$coredns WASME_ISTIOCTL=$$istioctl WASME_PILOT_AGENT=$$agent && \
 	  go test -timeout 30m $(GO_TEST_FLAGS) ./... && \
 	  cd test/interop/istio && go test $(GO_TEST_FLAGS) ./...
 
