@@ -108,6 +108,13 @@ func TestInjectedSidecar(t *testing.T) {
 		v, _ := strconv.Atoi(m[1])
 		return v
 	}
+	// pilot-agent's merged metrics (15020) include the proxy's, scraped from the bootstrap's
+	// 15090 listener, which the stand-in routes to its admin /stats/prometheus.
+	if out, err := n.Kubectl(ctx, "exec", "-n", ns, "deploy/details-v1", "-c", "istio-proxy", "--",
+		"curl", "-sS", "http://127.0.0.1:15020/stats/prometheus"); err != nil || !strings.Contains(out, "envoy_server_state 0") ||
+		!strings.Contains(out, "istio_agent_") {
+		t.Errorf("pilot-agent's merged metrics: %v: %.500s", err, out)
+	}
 	before := inbound()
 	// The seed's command, verbatim but for the namespace. kube-proxy may not have programmed
 	// the new Service yet (connection refused before the request leaves the client pod): retry

@@ -38,6 +38,19 @@ func TestProxyV2Image(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var size int64
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		n, err := l.Size()
+		if err != nil {
+			t.Fatal(err)
+		}
+		size += n
+	}
+	t.Logf("proxyv2 image: %d layers, %.1f MiB compressed", len(layers), float64(size)/(1<<20))
 	d1, _ := img.Digest()
 	d2, _ := again.Digest()
 	if d1 != d2 {
