@@ -9,6 +9,11 @@ const (
 	ReconcilingCondition = "Reconciling"
 	// StalledCondition is True when progress needs a change to the spec or the cluster.
 	StalledCondition = "Stalled"
+	// ProgrammedCondition is True when the proxy of every pod of every selected workload has
+	// accepted (ACKed) the configuration that carries the filter, as istiod reports it. It is
+	// normal-true and independent of Ready: Ready says what the operator wrote, Programmed what
+	// the proxies run. Unknown when istiod's proxy state cannot be read.
+	ProgrammedCondition = "Programmed"
 )
 
 // Condition reasons.
@@ -29,6 +34,20 @@ const (
 	WorkloadFailedReason = "WorkloadFailed"
 	// NoWorkloadsReason: nothing matches the selector.
 	NoWorkloadsReason = "NoWorkloads"
+
+	// ProgrammedReason (Programmed=True): every proxy ACKed the configuration with the filter.
+	ProgrammedReason = "Programmed"
+	// ProxyRejectedReason (Programmed=False): a proxy refused (NACKed) the configuration.
+	ProxyRejectedReason = "ProxyRejected"
+	// ProxiesPendingReason (Programmed=False): proxies are not connected or have not ACKed yet.
+	ProxiesPendingReason = "ProxiesPending"
+	// NotAppliedReason (Programmed=False): the operator has not written this generation's
+	// configuration yet (see Ready).
+	NotAppliedReason = "NotApplied"
+	// ProxyStatusUnavailableReason (Programmed=Unknown): istiod's proxy state could not be read.
+	ProxyStatusUnavailableReason = "ProxyStatusUnavailable"
+	// ProxyStatusDisabledReason (Programmed=Unknown): the operator runs without proxy tracking.
+	ProxyStatusDisabledReason = "ProxyStatusDisabled"
 )
 
 const (

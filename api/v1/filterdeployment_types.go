@@ -175,6 +175,52 @@ type WorkloadStatus struct {
 	// reason says why the state is not Succeeded.
 	// +optional
 	Reason string `json:"reason,omitempty"`
+
+	// proxies is "<programmed>/<pods>": of the workload's pods, those whose proxy ACKed the
+	// configuration that carries the filter, as istiod reports it.
+	// +optional
+	Proxies string `json:"proxies,omitempty"`
+
+	// notProgrammed lists the workload's pods whose proxy does not run the filter, with why
+	// (the proxy's NACK message, not connected, not ACKed yet); at most 20 are listed.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=20
+	NotProgrammed []PodProxyStatus `json:"notProgrammed,omitempty"`
+
+	// configuredTime is when the operator last changed this workload's EnvoyFilter. A proxy
+	// counts as programmed only for a configuration istiod sent it after then.
+	// +optional
+	ConfiguredTime *metav1.MicroTime `json:"configuredTime,omitempty"`
+}
+
+// ProxyState is where one pod's proxy stands with the filter's configuration.
+// +kubebuilder:validation:Enum=Programmed;Pending;Rejected;NotConnected
+type ProxyState string
+
+// Proxy states.
+const (
+	// ProxyProgrammed: the proxy ACKed the configuration with the filter.
+	ProxyProgrammed ProxyState = "Programmed"
+	// ProxyPending: connected, but it has not ACKed the configuration with the filter yet (or,
+	// in mount delivery, the pod predates the cache mount and gets the filter when it rolls).
+	ProxyPending ProxyState = "Pending"
+	// ProxyRejected: the proxy refused (NACKed) the configuration; message is its error.
+	ProxyRejected ProxyState = "Rejected"
+	// ProxyNotConnected: istiod knows no proxy of this pod.
+	ProxyNotConnected ProxyState = "NotConnected"
+)
+
+// PodProxyStatus is one pod's proxy, as istiod reports it.
+type PodProxyStatus struct {
+	// pod is the pod's name.
+	Pod string `json:"pod"`
+	// state is Programmed, Pending, Rejected or NotConnected.
+	State ProxyState `json:"state"`
+	// message is the proxy's NACK message, or why the state is what it is.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Message string `json:"message,omitempty"`
 }
 
 // FilterDeploymentStatus is what the operator observed and did.
@@ -184,7 +230,9 @@ type FilterDeploymentStatus struct {
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
 	// conditions: Ready (the filter is on every selected workload), Reconciling (work in
-	// progress) and Stalled (cannot progress without a change to the spec or the cluster).
+	// progress), Stalled (cannot progress without a change to the spec or the cluster) and
+	// Programmed (every selected pod's proxy ACKed the configuration with the filter, as
+	// istiod reports it; see docs/status.md).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -240,6 +288,10 @@ type FilterDeploymentStatus struct {
 	// deliveryMessage says why that delivery is in effect.
 	// +optional
 	DeliveryMessage string `json:"deliveryMessage,omitempty"`
+
+	// proxiesProgrammed is "<programmed>/<pods>" over every selected workload, for kubectl get.
+	// +optional
+	ProxiesProgrammed string `json:"proxiesProgrammed,omitempty"`
 }
 
 // FilterDeployment deploys a WebAssembly filter from an OCI image into the Envoy sidecars of
@@ -252,6 +304,8 @@ type FilterDeploymentStatus struct {
 // +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.filter.image`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Workloads",type=string,JSONPath=`.status.workloadsReady`
+// +kubebuilder:printcolumn:name="Programmed",type=string,JSONPath=`.status.conditions[?(@.type=="Programmed")].status`
+// +kubebuilder:printcolumn:name="Proxies",type=string,JSONPath=`.status.proxiesProgrammed`
 // +kubebuilder:printcolumn:name="Delivery",type=string,JSONPath=`.status.delivery`,priority=1
 // +kubebuilder:printcolumn:name="Cached",type=integer,JSONPath=`.status.cachedNodes`,priority=1
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].message`,priority=1

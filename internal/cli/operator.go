@@ -2,8 +2,10 @@ package cli
 
 import (
 	"cmp"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"path"
@@ -16,6 +18,7 @@ import (
 	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/kube"
 	"wasme.io/wasme/internal/operator"
+	"wasme.io/wasme/internal/proxystatus"
 	"wasme.io/wasme/internal/validation"
 	"wasme.io/wasme/pkg/wasmimage"
 )
@@ -42,6 +45,11 @@ type operatorOptions struct {
 	allowInsecure           bool
 	cacheDir                string
 	cacheURL                string
+	istiodAddr              string
+	istiodServerName        string
+	istiodCAFile            string
+	istiodTokenFile         string
+	proxyStatusInterval     time.Duration
 	log                     logFlags
 }
 
@@ -96,6 +104,10 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 			if err := checkCacheURL(o.cacheURL); err != nil {
 				return err
 			}
+			proxyStatus, err := o.proxyStatus()
+			if err != nil {
+				return err
+			}
 			egress, err := wasmimage.NewEgressPolicy(o.allowedRegistries, o.clusterCIDRs)
 			if err != nil {
 				return fmt.Errorf("--allowed-registries or --cluster-cidrs: %w", err)
@@ -133,8 +145,9 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 					Timeout:      o.validationTimeout,
 					AddressSpace: uint64(validationMemory),
 				},
-				Scheme: scheme,
-				Log:    log,
+				ProxyStatus: proxyStatus,
+				Scheme:      scheme,
+				Log:         log,
 			})
 		},
 	}
@@ -165,8 +178,50 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 		"the node caches' directory (their --directory, the DaemonSet's hostPath): mounted read-only into the sidecars at the same path and named in the EnvoyFilters")
 	f.StringVar(&o.cacheURL, "cache-url", operator.DefaultModuleURLBase,
 		"the node-local wasme-cache Service (internalTrafficPolicy Local) that istio-agent fetches modules from in ECDS delivery, as http://host:port")
+	f.StringVar(&o.istiodAddr, "istiod-address", DefaultIstiodAddress,
+		`istiod's TLS xDS address (port 15012), read for each proxy's ACK/NACK state (the Programmed condition; docs/status.md); "" turns proxy tracking off`)
+	f.StringVar(&o.istiodServerName, "istiod-server-name", "", "name istiod's certificate must carry; default: the host of --istiod-address")
+	f.StringVar(&o.istiodCAFile, "istiod-ca-file", DefaultIstiodCAFile, "PEM file of istiod's root CA (the istio-ca-root-cert ConfigMap's root-cert.pem)")
+	f.StringVar(&o.istiodTokenFile, "istiod-token-file", DefaultIstiodTokenFile,
+		"ServiceAccount token of audience istio-ca presented to istiod (a projected token; re-read for every stream)")
+	f.DurationVar(&o.proxyStatusInterval, "proxy-status-interval", proxystatus.DefaultInterval,
+		"how often istiod's proxy state is read (one query per interval, whatever the number of FilterDeployments); a proxy that disconnects leaves the counts within it")
 	o.log.bind(f)
 	return cmd
+}
+
+// Where the operator finds istiod and its credentials for it in a cluster (deploy/wasme.yaml
+// mounts the CA and the token there).
+const (
+	DefaultIstiodAddress   = "istiod.istio-system.svc:15012"
+	DefaultIstiodCAFile    = "/var/run/secrets/istio/root-cert.pem"
+	DefaultIstiodTokenFile = "/var/run/secrets/tokens/istio-token"
+)
+
+// minProxyStatusInterval keeps istiod's load bounded: one syncz walks every connection.
+const minProxyStatusInterval = time.Second
+
+// proxyStatus turns the --istiod-* flags into the tracker's options; nil when tracking is off.
+func (o *operatorOptions) proxyStatus() (*proxystatus.Options, error) {
+	if o.istiodAddr == "" {
+		return nil, nil
+	}
+	host, _, err := net.SplitHostPort(o.istiodAddr)
+	if err != nil || host == "" {
+		return nil, fmt.Errorf("--istiod-address %q: want host:port, such as %s", o.istiodAddr, DefaultIstiodAddress)
+	}
+	if o.proxyStatusInterval < minProxyStatusInterval {
+		return nil, fmt.Errorf("--proxy-status-interval %s: must be at least %s", o.proxyStatusInterval, minProxyStatusInterval)
+	}
+	return &proxystatus.Options{
+		Addr: o.istiodAddr,
+		// The CA is read when a stream opens: istiod (which publishes it as ConfigMap
+		// istio-ca-root-cert in every namespace) may come after the operator, or rotate it.
+		TLS:      &tls.Config{ServerName: cmp.Or(o.istiodServerName, host), MinVersion: tls.VersionTLS12},
+		CAFile:   o.istiodCAFile,
+		Token:    proxystatus.FileToken(o.istiodTokenFile),
+		Interval: o.proxyStatusInterval,
+	}, nil
 }
 
 // checkCacheURL refuses a cache URL istio-agent could not fetch "<url>/sha256/<hex>" from.

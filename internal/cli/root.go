@@ -46,6 +46,7 @@ func NewRootCmd(s streams) *cobra.Command {
 	root.AddCommand(newOperatorCmd(s))
 	root.AddCommand(newCacheCmd(s))
 	root.AddCommand(newDeployCmd(s))
+	root.AddCommand(newStatusCmd(s))
 	root.AddCommand(newUndeployCmd(s))
 	root.AddCommand(newRunCmd(s))
 	root.AddCommand(newValidateModuleCmd())

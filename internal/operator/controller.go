@@ -103,7 +103,14 @@ type FilterDeploymentReconciler struct {
 	// delivery; empty means DefaultModuleURLBase.
 	ModuleURLBase string
 
+	// Proxies is istiod's per-proxy state, which Programmed is computed from; nil turns
+	// proxy tracking off (Programmed is then Unknown).
+	Proxies ProxyStatus
+
 	images *imageCache
+	// proxyEvents brings the passes that istiod's proxy state changes cause.
+	proxyEvents chan event.TypedGenericEvent[*wasmev1.FilterDeployment]
+	metrics     *metrics
 
 	// watchEnvoyFilters starts the EnvoyFilter watch; envoyFiltersWatched says it ran.
 	watchEnvoyFilters   func() error
@@ -127,6 +134,10 @@ type pass struct {
 	shape istio.Shape
 	// delivery is mount or ecds, as reconcileIstio settled it.
 	delivery wasmev1.Delivery
+	// applied are the workloads whose EnvoyFilter reconcileWorkloads wrote or found as wanted.
+	applied []workload
+	// reachedWorkloads: reconcileWorkloads ran.
+	reachedWorkloads bool
 }
 
 // step is one ordered part of a pass; its error says how the pass ended (see result.go).
@@ -138,7 +149,9 @@ func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.ResolveInterval = 5 * time.Minute
 	}
 	r.images = newImageCache(64)
+	r.metrics = newMetrics()
 	inNamespace := handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsInNamespace)
+	r.proxyEvents = make(chan event.TypedGenericEvent[*wasmev1.FilterDeployment], 256)
 	c, err := ctrl.NewControllerManagedBy(mgr).
 		For(&wasmev1.FilterDeployment{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, deletionPredicate{}))).
@@ -147,6 +160,10 @@ func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&appsv1.StatefulSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&wasmev1.NodeCache{}, coalesced(r.filterDeploymentsWaitingForCache, r.CacheReportDelay),
 			builder.WithPredicates(nodeCachePredicate{grace: r.cacheGrace})).
+		// Pods only count (and only by their metadata) for the proxies: one that comes or goes
+		// changes a workload's total; istiod's state changes come through proxyEvents.
+		Watches(&corev1.Pod{}, inNamespace, builder.OnlyMetadata, builder.WithPredicates(podPredicate{})).
+		WatchesRawSource(source.Channel(r.proxyEvents, &handler.TypedEnqueueRequestForObject[*wasmev1.FilterDeployment]{})).
 		Named("filterdeployment").
 		// Failures back off from a quarter second to two minutes at most (not the default 16
 		// minutes), so a registry or API outage heals soon after it ends.
@@ -203,6 +220,18 @@ func (r *FilterDeploymentReconciler) Reconcile(ctx context.Context, req ctrl.Req
 	}()
 
 	p := &pass{}
+	defer func() {
+		// Before the summary's status write: Programmed is read from istiod for what this pass
+		// applied.
+		var applied []workload
+		if p.reachedWorkloads {
+			applied = p.applied
+			if applied == nil {
+				applied = []workload{}
+			}
+		}
+		r.reconcileProxies(ctx, fd, applied, p.delivery)
+	}()
 	for _, s := range []step{r.reconcileImage, r.reconcileIstio, r.reconcileCache, r.reconcileWorkloads} {
 		sr, err := s(ctx, fd, p)
 		res = res.merge(sr)
@@ -256,6 +285,11 @@ func (r *FilterDeploymentReconciler) summarize(ctx context.Context, orig, fd *wa
 		apimeta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: abnormal, Status: metav1.ConditionTrue,
 			Reason: o.reason, Message: message, ObservedGeneration: gen})
 		apimeta.RemoveStatusCondition(&st.Conditions, other)
+	}
+
+	r.metrics.record(fd)
+	if o.stalled || o.retErr != nil {
+		mFailures.WithLabelValues(o.reason).Inc()
 	}
 
 	if equality.Semantic.DeepEqual(orig.Status, fd.Status) {
@@ -355,6 +389,15 @@ type deletionPredicate struct{ predicate.Funcs }
 
 func (deletionPredicate) Update(e event.UpdateEvent) bool {
 	return e.ObjectNew.GetDeletionTimestamp() != nil
+}
+
+// podPredicate passes pods that come, go or change labels (which select them): their status
+// churn is no business of the FilterDeployments.
+type podPredicate struct{ predicate.Funcs }
+
+func (podPredicate) Update(e event.UpdateEvent) bool {
+	return !equality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels()) ||
+		(e.ObjectOld.GetDeletionTimestamp() == nil) != (e.ObjectNew.GetDeletionTimestamp() == nil)
 }
 
 // workloadPredicate ignores workload status churn (replica counts): only metadata and spec

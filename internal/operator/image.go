@@ -120,6 +120,7 @@ func (r *FilterDeploymentReconciler) fetch(ctx context.Context, ref wasmimage.Re
 	// Concurrent passes of FilterDeployments sharing an image and credentials pull it once.
 	v, err, _ := r.images.pulls.Do(key+"|"+id, func() (any, error) {
 		img, err := r.Images.Fetch(ctx, key, opts)
+		mPulls.WithLabelValues(pullResult(err)).Inc()
 		if err != nil {
 			return nil, err
 		}
@@ -154,7 +155,9 @@ func (r *FilterDeploymentReconciler) validate(ctx context.Context, img *Image, r
 	// One validation at a time per key: concurrent passes of FilterDeployments sharing a
 	// module would otherwise each compile it (make bench: peak RSS doubled).
 	_, err, _ := r.images.checksInFlight.Do(key, func() (any, error) {
+		start := time.Now()
 		err := r.Validate(ctx, img.Module, rootID, config)
+		mValidation.WithLabelValues(validationResult(err)).Observe(time.Since(start).Seconds())
 		var le *validation.LimitError
 		if !errors.As(err, &le) || !le.Transient() {
 			r.images.setValidated(key, err)

@@ -24,6 +24,7 @@ import (
 
 	wasmev1 "wasme.io/wasme/api/v1"
 	"wasme.io/wasme/internal/cacheprotocol"
+	"wasme.io/wasme/internal/proxystatus"
 	"wasme.io/wasme/internal/validation"
 	"wasme.io/wasme/pkg/wasmimage"
 )
@@ -65,6 +66,9 @@ type Options struct {
 	// ModuleURLBase is the node-local cache Service for ECDS delivery; empty means
 	// DefaultModuleURLBase.
 	ModuleURLBase string
+	// ProxyStatus says how to read istiod's per-proxy state (the Programmed condition); nil
+	// turns proxy tracking off.
+	ProxyStatus *proxystatus.Options
 	// Images defaults to RegistryImages{} (with the default egress policy).
 	Images ImageSource
 	// Validate defaults to a validation child process per module (internal/validation), run
@@ -200,6 +204,27 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	r.Modules = ms
 	if err := mgr.Add(ms); err != nil {
 		return err
+	}
+	if o.ProxyStatus != nil {
+		po := *o.ProxyStatus
+		if po.Log == nil {
+			po.Log = slog.New(logr.ToSlogHandler(o.Log.WithName("proxystatus")))
+		}
+		po.OnChange = r.proxiesChanged
+		po.OnPoll = func(err error) {
+			mProxyQueries.Inc()
+			if err != nil {
+				mProxyQueryErrors.Inc()
+			}
+		}
+		tracker, err := proxystatus.NewTracker(po)
+		if err != nil {
+			return err
+		}
+		r.Proxies = tracker
+		if err := mgr.Add(tracker); err != nil {
+			return err
+		}
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the FilterDeployment controller: %w", err)

@@ -6,6 +6,7 @@ package operator
 // Secrets are read one by one (get) from the FilterDeployment's namespace, never listed or cached;
 // namespaces only for the admin's wasme.io/allow-insecure-registries label.
 // Workloads are only patched (server-side apply), never updated or created.
+// Pods are read (their metadata only) to count each workload's proxies for Programmed.
 //
 // +kubebuilder:rbac:groups=wasme.io,resources=filterdeployments,verbs=get;list;watch;patch;update
 // +kubebuilder:rbac:groups=wasme.io,resources=filterdeployments/status,verbs=get;patch;update
@@ -15,6 +16,7 @@ package operator
 // +kubebuilder:rbac:groups=apps,resources=deployments;daemonsets;statefulsets,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=networking.istio.io,resources=envoyfilters,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create

@@ -162,12 +162,14 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 	if err != nil {
 		return stepResult{}, err
 	}
+	p.reachedWorkloads = true
 	owner := metav1.NewControllerRef(fd, wasmev1.GroupVersion.WithKind("FilterDeployment"))
 	cfg, _ := fd.Spec.Filter.DecodeConfig() // reconcileImage refused an undecodable config
 
 	// Workloads are independent: apply them a few at a time, so a namespace of hundreds does
 	// not cost hundreds of sequential round trips.
 	errs := make([]error, len(selected))
+	configured := make([]applied, len(selected))
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(workloadParallelism)
 	for i, w := range selected {
@@ -182,12 +184,12 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 				// Nothing to mount: every pod of the workload, old or new, can fetch.
 				f.WorkloadLabels = maps.Clone(w.templateLabels)
 				f.ModuleURL = istio.ModuleURL(r.moduleURLBase(), sha)
-				errs[i] = r.applyEnvoyFilter(gctx, fd, f, w)
+				configured[i], errs[i] = r.applyEnvoyFilter(gctx, fd, f, w)
 				return nil
 			}
 			errs[i] = r.patchWorkload(gctx, w)
 			if errs[i] == nil {
-				errs[i] = r.applyEnvoyFilter(gctx, fd, f, w)
+				configured[i], errs[i] = r.applyEnvoyFilter(gctx, fd, f, w)
 			}
 			return nil
 		})
@@ -201,7 +203,20 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 			failures = append(failures, fmt.Sprintf("%s: %v", w.name, err))
 			continue
 		}
-		statuses[w.name] = wasmev1.WorkloadStatus{State: wasmev1.WorkloadSucceeded}
+		prev := fd.Status.Workloads[w.name]
+		ws := wasmev1.WorkloadStatus{State: wasmev1.WorkloadSucceeded, Proxies: prev.Proxies, NotProgrammed: prev.NotProgrammed,
+			ConfiguredTime: prev.ConfiguredTime}
+		// A written EnvoyFilter changed now; an unchanged one keeps the time of its last change
+		// (or, in a status from before that was recorded, its creation).
+		switch a := configured[i]; {
+		case a.written:
+			now := metav1.NowMicro()
+			ws.ConfiguredTime = &now
+		case ws.ConfiguredTime == nil:
+			ws.ConfiguredTime = &metav1.MicroTime{Time: a.created.Time}
+		}
+		statuses[w.name] = ws
+		p.applied = append(p.applied, w)
 	}
 	fd.Status.Workloads = statuses
 	switch {
@@ -259,11 +274,18 @@ func (r *FilterDeploymentReconciler) reconcileRelease(ctx context.Context, fd *w
 	return r.releaseUnselected(ctx, fd.Namespace, nil, live)
 }
 
+// applied says what applyEnvoyFilter did: wrote the EnvoyFilter, or found it as wanted (and
+// created then).
+type applied struct {
+	written bool
+	created metav1.Time
+}
+
 // applyEnvoyFilter creates or updates the workload's EnvoyFilter, and writes nothing when it is
 // already as wanted.
-func (r *FilterDeploymentReconciler) applyEnvoyFilter(ctx context.Context, fd *wasmev1.FilterDeployment, f istio.Filter, w workload) error {
+func (r *FilterDeploymentReconciler) applyEnvoyFilter(ctx context.Context, fd *wasmev1.FilterDeployment, f istio.Filter, w workload) (applied, error) {
 	if errs := validation.IsDNS1123Subdomain(f.Name); len(errs) > 0 {
-		return fmt.Errorf("EnvoyFilter name %q: %s; use a shorter spec.filter.id", f.Name, strings.Join(errs, ", "))
+		return applied{}, fmt.Errorf("EnvoyFilter name %q: %s; use a shorter spec.filter.id", f.Name, strings.Join(errs, ", "))
 	}
 	build := istio.BuildEnvoyFilter
 	if f.ModuleURL != "" {
@@ -271,7 +293,7 @@ func (r *FilterDeploymentReconciler) applyEnvoyFilter(ctx context.Context, fd *w
 	}
 	ef, err := build(f)
 	if err != nil {
-		return err
+		return applied{}, err
 	}
 	ef.Annotations = map[string]string{WorkloadAnnotation: w.key()}
 
@@ -279,25 +301,25 @@ func (r *FilterDeploymentReconciler) applyEnvoyFilter(ctx context.Context, fd *w
 	switch err := r.Get(ctx, client.ObjectKeyFromObject(ef), &cur); {
 	case apierrors.IsNotFound(err):
 	case err != nil:
-		return err
+		return applied{}, err
 	default:
 		if owner := metav1.GetControllerOf(&cur); owner == nil || owner.UID != fd.UID {
-			return fmt.Errorf("EnvoyFilter %s exists and is not this FilterDeployment's: give it another spec.filter.id", ef.Name)
+			return applied{}, fmt.Errorf("EnvoyFilter %s exists and is not this FilterDeployment's: give it another spec.filter.id", ef.Name)
 		}
 		if sameEnvoyFilter(&cur, ef) {
-			return nil
+			return applied{created: cur.CreationTimestamp}, nil
 		}
 	}
 	u, err := toUnstructured(ef)
 	if err != nil {
-		return err
+		return applied{}, err
 	}
 	// Istio's generated apply configurations do not implement runtime.ApplyConfiguration, so the
 	// EnvoyFilter goes through its unstructured form.
 	if err := r.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(wasmev1.OperatorFieldManager), client.ForceOwnership); err != nil {
-		return fmt.Errorf("applying EnvoyFilter %s: %w", ef.Name, err)
+		return applied{}, fmt.Errorf("applying EnvoyFilter %s: %w", ef.Name, err)
 	}
-	return nil
+	return applied{written: true}, nil
 }
 
 func sameEnvoyFilter(cur, want *networkingv1alpha3.EnvoyFilter) bool {
@@ -551,5 +573,6 @@ func (r *FilterDeploymentReconciler) reconcileDelete(ctx context.Context, fd *wa
 	if err := r.Patch(ctx, fd, patch); client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("removing finalizer: %w", err)
 	}
+	r.metrics.forget(fd)
 	return nil
 }

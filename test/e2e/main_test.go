@@ -57,7 +57,8 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
-	if err := c.StartWasme(ctx, localcluster.WasmeOptions{}); err != nil {
+	// istiod's proxy state every second: the tests wait on it (the default is 10 s).
+	if err := c.StartWasme(ctx, localcluster.WasmeOptions{ProxyStatusInterval: time.Second}); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}

@@ -56,6 +56,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1.NodeCacheModuleApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("NodeCacheStatus"):
 		return &apiv1.NodeCacheStatusApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("PodProxyStatus"):
+		return &apiv1.PodProxyStatusApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("WorkloadStatus"):
 		return &apiv1.WorkloadStatusApplyConfiguration{}
 

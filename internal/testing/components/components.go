@@ -27,6 +27,7 @@ import (
 	"wasme.io/wasme/internal/cacheprotocol"
 	"wasme.io/wasme/internal/nodecache"
 	"wasme.io/wasme/internal/operator"
+	"wasme.io/wasme/internal/proxystatus"
 	"wasme.io/wasme/internal/testing/proc"
 )
 
@@ -53,6 +54,8 @@ type OperatorOptions struct {
 	SkipNameValidation bool
 	// LogPath receives the operator's log lines; empty discards them.
 	LogPath string
+	// ProxyStatus is how the operator reads istiod's per-proxy state; nil turns it off.
+	ProxyStatus *proxystatus.Options
 }
 
 // Operator is a running operator.
@@ -97,6 +100,7 @@ func StartOperator(ctx context.Context, o OperatorOptions) (*Operator, error) {
 			AllowInsecureRegistries: o.AllowInsecureRegistries,
 			Scheme:                  o.Scheme,
 			SkipNameValidation:      o.SkipNameValidation,
+			ProxyStatus:             o.ProxyStatus,
 			Log:                     log,
 		})
 	}()

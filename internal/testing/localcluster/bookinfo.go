@@ -111,6 +111,9 @@ type SidecarOptions struct {
 	Port uint32
 	// Log receives the proxy's and filters' log lines; nil discards them.
 	Log *slog.Logger
+	// CacheDir, when set, is read for modules instead of the pod's node's cache directory:
+	// a directory without the module stands for a node whose cache lacks it.
+	CacheDir string
 }
 
 // moduleCache is the compiled-module cache all sidecars of this cluster share: compiling a
@@ -138,6 +141,10 @@ func (c *Cluster) StartSidecar(ctx context.Context, ns, deployment string, o Sid
 	if o.Port == 0 {
 		o.Port = BookinfoPort
 	}
+	cacheDir := node.CacheDir
+	if o.CacheDir != "" {
+		cacheDir = o.CacheDir
+	}
 	labels := map[string]string{}
 	for k, v := range pod.Labels {
 		if k != podLabel {
@@ -152,7 +159,7 @@ func (c *Cluster) StartSidecar(ctx context.Context, ns, deployment string, o Sid
 			IstioVersion: c.Istiod.Version + ".0",
 		},
 		Port:     o.Port,
-		Resolve:  xdsproxy.PrefixResolver(wasmev1.CacheDir, node.CacheDir),
+		Resolve:  xdsproxy.PrefixResolver(wasmev1.CacheDir, cacheDir),
 		Upstream: o.Upstream,
 		Listen:   pod.Status.PodIP + ":0",
 		Log:      o.Log,

@@ -16,6 +16,12 @@ import (
 type Istiod struct {
 	// XDSAddr is the plaintext xDS gRPC address (--grpcAddr), what sidecars connect to here.
 	XDSAddr string
+	// SecureXDSAddr is the TLS xDS address (--secureGRPCAddr, a cluster's port 15012), whose
+	// certificate names IstiodServerName and is signed by CAPEM. istiod authenticates Kubernetes
+	// tokens (audience istio-ca) there, which its xDS debug types (istio.io/debug/syncz) require.
+	SecureXDSAddr string
+	// CAPEM is the CA of the secure address's certificate.
+	CAPEM []byte
 	// HTTPAddr serves /ready and istiod's debug endpoints (/debug/configz, /debug/syncz ...).
 	HTTPAddr string
 	// Version is the Istio version it is built from, e.g. "1.31".
@@ -34,7 +40,9 @@ type Istiod struct {
 //     no kubelet to run injected pods, and the harness writes pods itself);
 //   - POD_NAME/POD_NAMESPACE/REVISION: what the Downward API gives it in a cluster;
 //   - PILOT_ENABLE_GATEWAY_API=false: the Gateway API CRDs are not installed here;
-//   - ISTIOD_CUSTOM_HOST: nothing resolves istiod.istio-system.svc here.
+//   - ISTIOD_CUSTOM_HOST: nothing resolves istiod.istio-system.svc here;
+//   - DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES=wasme: the operator (namespace wasme) may read
+//     the sync state of every namespace's proxies, as docs/status.md tells admins to set.
 func istiodEnv(kubeconfig string) []string {
 	return []string{
 		"KUBECONFIG=" + kubeconfig,
@@ -48,6 +56,7 @@ func istiodEnv(kubeconfig string) []string {
 		"PILOT_ENABLE_GATEWAY_API=false",
 		"ISTIOD_CUSTOM_HOST=localhost",
 		"CLUSTER_ID=Kubernetes",
+		"DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES=wasme",
 	}
 }
 
@@ -55,10 +64,14 @@ func startIstiod(ctx context.Context, bin, dir, kubeconfig, version string) (*Is
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
+	caPEM, certFile, keyFile, caFile, err := writeIstiodTLS(dir)
+	if err != nil {
+		return nil, err
+	}
 	var lastErr error
 	// Ports are picked free and then handed to istiod, which may lose a race for one of them.
 	for attempt := 0; attempt < 3; attempt++ {
-		var addrs [3]string
+		var addrs [4]string
 		for i := range addrs {
 			a, err := proc.FreeAddr()
 			if err != nil {
@@ -66,7 +79,7 @@ func startIstiod(ctx context.Context, bin, dir, kubeconfig, version string) (*Is
 			}
 			addrs[i] = a
 		}
-		httpAddr, grpcAddr, monAddr := addrs[0], addrs[1], addrs[2]
+		httpAddr, grpcAddr, monAddr, secureAddr := addrs[0], addrs[1], addrs[2], addrs[3]
 		mesh := filepath.Join(dir, "mesh.yaml")
 		// The smallest mesh config: where proxies find istiod, and the root namespace.
 		meshCfg := fmt.Sprintf("rootNamespace: istio-system\ntrustDomain: cluster.local\ndefaultConfig:\n  discoveryAddress: %s\n", grpcAddr)
@@ -86,8 +99,10 @@ func startIstiod(ctx context.Context, bin, dir, kubeconfig, version string) (*Is
 			// Webhooks are served on httpAddr when there is no HTTPS address.
 			"--httpsAddr", "",
 			"--grpcAddr", grpcAddr,
-			// No secure xDS: it needs certificates from the CA we turned off.
-			"--secureGRPCAddr", "",
+			// Secure xDS with the harness's certificate (istiod's own CA stays off): the test
+			// proxies use the plaintext port, the operator's proxy tracking this one.
+			"--secureGRPCAddr", secureAddr,
+			"--tlsCertFile", certFile, "--tlsKeyFile", keyFile, "--caCertFile", caFile,
 			"--monitoringAddr", monAddr,
 			"--ctrlz_address", "127.0.0.1", "--ctrlz_port", "0",
 			"--shutdownDuration", "1s",
@@ -99,7 +114,7 @@ func startIstiod(ctx context.Context, bin, dir, kubeconfig, version string) (*Is
 		}
 		lastErr = p.WaitHTTP(ctx, &http.Client{Timeout: 2 * time.Second}, "http://"+httpAddr+"/ready", 3*time.Minute, nil)
 		if lastErr == nil {
-			return &Istiod{XDSAddr: grpcAddr, HTTPAddr: httpAddr, Version: version, LogFile: p.LogPath, proc: p}, nil
+			return &Istiod{XDSAddr: grpcAddr, SecureXDSAddr: secureAddr, CAPEM: caPEM, HTTPAddr: httpAddr, Version: version, LogFile: p.LogPath, proc: p}, nil
 		}
 		p.Stop()
 		if !strings.Contains(lastErr.Error(), "address already in use") {

@@ -2,12 +2,15 @@ package localcluster
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
 	"wasme.io/wasme/internal/operator"
+	"wasme.io/wasme/internal/proxystatus"
 	"wasme.io/wasme/internal/testing/components"
 	"wasme.io/wasme/pkg/wasmimage"
 )
@@ -17,6 +20,9 @@ type WasmeOptions struct {
 	// ResolveInterval is how often the operator resolves tags again; 0 means an hour (tests
 	// and the demo push before they apply).
 	ResolveInterval time.Duration
+	// ProxyStatusInterval is how often the operator polls istiod's proxy state; 0 means
+	// proxystatus.DefaultInterval.
+	ProxyStatusInterval time.Duration
 }
 
 // StartWasme runs `wasme operator` in this process and one `wasme cache` daemon per node,
@@ -36,8 +42,22 @@ func (c *Cluster) StartWasme(ctx context.Context, o WasmeOptions) error {
 	if err != nil {
 		return err
 	}
+	// As in a cluster: istiod's TLS port, its CA, and a token of the operator's ServiceAccount
+	// with audience istio-ca (a projected token there), which istiod reviews.
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(c.Istiod.CAPEM) {
+		return fmt.Errorf("istiod's CA does not parse")
+	}
+	proxyStatus := &proxystatus.Options{
+		Addr:     c.Istiod.SecureXDSAddr,
+		TLS:      &tls.Config{RootCAs: pool, ServerName: IstiodServerName, MinVersion: tls.VersionTLS12},
+		Interval: o.ProxyStatusInterval,
+		Token: func(ctx context.Context) (string, error) {
+			return c.Env.AudienceToken(ctx, "wasme", "wasme-operator", proxystatus.Audience)
+		},
+	}
 	op, err := components.StartOperator(ctx, components.OperatorOptions{
-		Config: opCfg, Scheme: c.Env.Scheme, ResolveInterval: o.ResolveInterval,
+		Config: opCfg, Scheme: c.Env.Scheme, ResolveInterval: o.ResolveInterval, ProxyStatus: proxyStatus,
 		Images:  operator.RegistryImages{Options: []wasmimage.Option{wasmimage.WithCAPEM(c.Registry.CAPEM)}, Egress: egress},
 		LogPath: filepath.Join(c.Dir, "operator.log"),
 	})

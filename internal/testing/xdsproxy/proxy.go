@@ -68,7 +68,12 @@ func (id Identity) domain() string {
 	return id.DNSDomain
 }
 
-func (id Identity) node() (*corev3.Node, error) {
+// node is the Envoy node pilot-agent would send for this identity. PROXY_CONFIG is the proxy's
+// ProxyConfig as pilot-agent resolved it (here the harness mesh's defaultConfig, which names
+// only istiod's address): istiod lists a connection among the proxies of its sync state
+// (istio.io/debug/syncz, what `istioctl proxy-status` and wasme's Programmed read) only when
+// its node carries one.
+func (id Identity) node(xdsAddr string) (*corev3.Node, error) {
 	cluster := id.ClusterID
 	if cluster == "" {
 		cluster = "Kubernetes"
@@ -89,6 +94,7 @@ func (id Identity) node() (*corev3.Node, error) {
 		"SERVICE_ACCOUNT":   id.ServiceAccount,
 		"INTERCEPTION_MODE": "REDIRECT",
 		"OWNER":             fmt.Sprintf("kubernetes://apis/apps/v1/namespaces/%s/deployments/%s", id.Namespace, id.WorkloadName),
+		"PROXY_CONFIG":      map[string]any{"discoveryAddress": xdsAddr},
 	})
 	if err != nil {
 		return nil, err
@@ -167,7 +173,7 @@ func Start(ctx context.Context, opts Options) (*Proxy, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	node, err := opts.Identity.node()
+	node, err := opts.Identity.node(opts.XDSAddr)
 	if err != nil {
 		return nil, err
 	}
@@ -412,7 +418,7 @@ const ExtensionConfigType = "type.googleapis.com/envoy.config.core.v3.TypedExten
 // resources of one type, and returns its answer. The proxy itself runs only what LDS gives it;
 // this lets a test see what istiod serves for other types (ECDS) to this sidecar.
 func (p *Proxy) Discover(ctx context.Context, typeURL string, names []string) (*discoveryv3.DiscoveryResponse, error) {
-	node, err := p.opts.Identity.node()
+	node, err := p.opts.Identity.node(p.opts.XDSAddr)
 	if err != nil {
 		return nil, err
 	}

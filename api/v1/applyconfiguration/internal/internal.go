@@ -100,6 +100,8 @@ var schemaYAML = typed.YAMLObject(`types:
         namedType: io.k8s.apimachinery.pkg.apis.meta.v1.Time
 - name: io.k8s.apimachinery.pkg.apis.meta.v1.ManagedFieldsOperationType
   scalar: string
+- name: io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime
+  scalar: untyped
 - name: io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta
   map:
     fields:
@@ -266,6 +268,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: observedGeneration
       type:
         scalar: numeric
+    - name: proxiesProgrammed
+      type:
+        scalar: string
     - name: reason
       type:
         scalar: string
@@ -423,11 +428,37 @@ var schemaYAML = typed.YAMLObject(`types:
           elementRelationship: associative
           keys:
           - digest
+- name: io.wasme.wasme.api.v1.PodProxyStatus
+  map:
+    fields:
+    - name: message
+      type:
+        scalar: string
+    - name: pod
+      type:
+        scalar: string
+    - name: state
+      type:
+        namedType: io.wasme.wasme.api.v1.ProxyState
+- name: io.wasme.wasme.api.v1.ProxyState
+  scalar: string
 - name: io.wasme.wasme.api.v1.WorkloadState
   scalar: string
 - name: io.wasme.wasme.api.v1.WorkloadStatus
   map:
     fields:
+    - name: configuredTime
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime
+    - name: notProgrammed
+      type:
+        list:
+          elementType:
+            namedType: io.wasme.wasme.api.v1.PodProxyStatus
+          elementRelationship: atomic
+    - name: proxies
+      type:
+        scalar: string
     - name: reason
       type:
         scalar: string

@@ -31,7 +31,9 @@ type FilterDeploymentStatusApplyConfiguration struct {
 	// observedGeneration is the metadata.generation this status describes.
 	ObservedGeneration *int64 `json:"observedGeneration,omitempty"`
 	// conditions: Ready (the filter is on every selected workload), Reconciling (work in
-	// progress) and Stalled (cannot progress without a change to the spec or the cluster).
+	// progress), Stalled (cannot progress without a change to the spec or the cluster) and
+	// Programmed (every selected pod's proxy ACKed the configuration with the filter, as
+	// istiod reports it; see docs/status.md).
 	Conditions []metav1.ConditionApplyConfiguration `json:"conditions,omitempty"`
 	// workloads maps each selected workload's name to the filter's state on it.
 	Workloads map[string]WorkloadStatusApplyConfiguration `json:"workloads,omitempty"`
@@ -60,6 +62,8 @@ type FilterDeploymentStatusApplyConfiguration struct {
 	Delivery *apiv1.Delivery `json:"delivery,omitempty"`
 	// deliveryMessage says why that delivery is in effect.
 	DeliveryMessage *string `json:"deliveryMessage,omitempty"`
+	// proxiesProgrammed is "<programmed>/<pods>" over every selected workload, for kubectl get.
+	ProxiesProgrammed *string `json:"proxiesProgrammed,omitempty"`
 }
 
 // FilterDeploymentStatusApplyConfiguration constructs a declarative configuration of the FilterDeploymentStatus type for use with
@@ -188,5 +192,13 @@ func (b *FilterDeploymentStatusApplyConfiguration) WithDelivery(value apiv1.Deli
 // If called multiple times, the DeliveryMessage field is set to the value of the last call.
 func (b *FilterDeploymentStatusApplyConfiguration) WithDeliveryMessage(value string) *FilterDeploymentStatusApplyConfiguration {
 	b.DeliveryMessage = &value
+	return b
+}
+
+// WithProxiesProgrammed sets the ProxiesProgrammed field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the ProxiesProgrammed field is set to the value of the last call.
+func (b *FilterDeploymentStatusApplyConfiguration) WithProxiesProgrammed(value string) *FilterDeploymentStatusApplyConfiguration {
+	b.ProxiesProgrammed = &value
 	return b
 }

@@ -19,6 +19,7 @@ limitations under the License.
 package v1
 
 import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	apiv1 "wasme.io/wasme/api/v1"
 )
 
@@ -31,6 +32,15 @@ type WorkloadStatusApplyConfiguration struct {
 	State *apiv1.WorkloadState `json:"state,omitempty"`
 	// reason says why the state is not Succeeded.
 	Reason *string `json:"reason,omitempty"`
+	// proxies is "<programmed>/<pods>": of the workload's pods, those whose proxy ACKed the
+	// configuration that carries the filter, as istiod reports it.
+	Proxies *string `json:"proxies,omitempty"`
+	// notProgrammed lists the workload's pods whose proxy does not run the filter, with why
+	// (the proxy's NACK message, not connected, not ACKed yet); at most 20 are listed.
+	NotProgrammed []PodProxyStatusApplyConfiguration `json:"notProgrammed,omitempty"`
+	// configuredTime is when the operator last changed this workload's EnvoyFilter. A proxy
+	// counts as programmed only for a configuration istiod sent it after then.
+	ConfiguredTime *metav1.MicroTime `json:"configuredTime,omitempty"`
 }
 
 // WorkloadStatusApplyConfiguration constructs a declarative configuration of the WorkloadStatus type for use with
@@ -52,5 +62,34 @@ func (b *WorkloadStatusApplyConfiguration) WithState(value apiv1.WorkloadState) 
 // If called multiple times, the Reason field is set to the value of the last call.
 func (b *WorkloadStatusApplyConfiguration) WithReason(value string) *WorkloadStatusApplyConfiguration {
 	b.Reason = &value
+	return b
+}
+
+// WithProxies sets the Proxies field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Proxies field is set to the value of the last call.
+func (b *WorkloadStatusApplyConfiguration) WithProxies(value string) *WorkloadStatusApplyConfiguration {
+	b.Proxies = &value
+	return b
+}
+
+// WithNotProgrammed adds the given value to the NotProgrammed field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, values provided by each call will be appended to the NotProgrammed field.
+func (b *WorkloadStatusApplyConfiguration) WithNotProgrammed(values ...*PodProxyStatusApplyConfiguration) *WorkloadStatusApplyConfiguration {
+	for i := range values {
+		if values[i] == nil {
+			panic("nil value passed to WithNotProgrammed")
+		}
+		b.NotProgrammed = append(b.NotProgrammed, *values[i])
+	}
+	return b
+}
+
+// WithConfiguredTime sets the ConfiguredTime field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the ConfiguredTime field is set to the value of the last call.
+func (b *WorkloadStatusApplyConfiguration) WithConfiguredTime(value metav1.MicroTime) *WorkloadStatusApplyConfiguration {
+	b.ConfiguredTime = &value
 	return b
 }
