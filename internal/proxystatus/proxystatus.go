@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -154,6 +155,24 @@ type Tracker struct {
 	current  *Snapshot
 	queries  int64
 	failures int
+	last     QueryStats
+}
+
+// QueryStats describe the last answered query.
+type QueryStats struct {
+	// Duration from sending the request to decoding the answer.
+	Duration time.Duration
+	// Bytes of the answer (its protobuf size).
+	Bytes int
+	// Proxies listed in it.
+	Proxies int
+}
+
+// LastQuery describes the last answered query.
+func (t *Tracker) LastQuery() QueryStats {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.last
 }
 
 // maxStale is how many failed queries in a row keep the last answer.
@@ -357,6 +376,7 @@ func (t *Tracker) poll(ctx context.Context, s *stream) *Snapshot {
 	t.mu.Lock()
 	t.queries++
 	t.mu.Unlock()
+	sent := time.Now()
 	timer := time.NewTimer(t.opts.Timeout)
 	defer timer.Stop()
 	var a answer
@@ -377,6 +397,9 @@ func (t *Tracker) poll(ctx context.Context, s *stream) *Snapshot {
 	if err != nil {
 		return &Snapshot{At: time.Now(), Err: fmt.Errorf("istiod %s: %w", t.opts.Addr, err)}
 	}
+	t.mu.Lock()
+	t.last = QueryStats{Duration: time.Since(sent), Bytes: proto.Size(a.resp), Proxies: len(a.resp.GetResources())}
+	t.mu.Unlock()
 	return snap
 }
 

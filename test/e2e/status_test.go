@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +22,9 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	wasmev1 "wasme.io/wasme/api/v1"
+	"wasme.io/wasme/config/samples"
 	"wasme.io/wasme/internal/cli"
+	"wasme.io/wasme/internal/proxystatus"
 	"wasme.io/wasme/internal/testing/localcluster"
 	"wasme.io/wasme/internal/testing/xdsproxy"
 )
@@ -257,4 +262,97 @@ func checkWasmeStatus(t *testing.T, fd *wasmev1.FilterDeployment) {
 		t.Errorf("the table does not show Programmed %s (%s):\n%s", prog.Status, prog.Reason, table)
 	}
 	t.Logf("wasme status %s:\n%s", fd.Name, table)
+}
+
+// TestSeedProgrammed times the seed's FilterDeployment from apply to Programmed=True with both
+// Bookinfo sidecars connected (the figure docs/status.md quotes), and checks the rollout
+// histogram took exactly that one rollout.
+func TestSeedProgrammed(t *testing.T) {
+	push(t, "ryysud/custom-header:v0.1")
+	for _, d := range []string{"details-v1", "productpage-v1"} {
+		p := startSidecar(t, d, "")
+		waitChain(t, p, "the first listener push of "+d, func(*xdsproxy.Chain) bool { return true })
+	}
+	before := histogramCount(t, "wasme_filterdeployment_apply_to_programmed_seconds")
+	start := time.Now()
+	applyFD(t, samples.BookinfoCustomFilter(cluster.Registry.Host))
+	eventually(t, "Ready", func() (bool, string) { return readyFD(t, seedName) })
+	ready := time.Since(start)
+	eventually(t, "Programmed", func() (bool, string) {
+		fd := getFD(t, seedName)
+		c := apimeta.FindStatusCondition(fd.Status.Conditions, wasmev1.ProgrammedCondition)
+		return c != nil && c.Status == metav1.ConditionTrue && fd.Status.ProxiesProgrammed == "2/2", fmt.Sprintf("%+v %s", c, fd.Status.ProxiesProgrammed)
+	})
+	t.Logf("seed FilterDeployment: apply -> Ready in %s, -> Programmed=True (2/2 proxies ACKed) in %s (poll interval 1 s)",
+		ready.Round(10*time.Millisecond), time.Since(start).Round(10*time.Millisecond))
+	if got := histogramCount(t, "wasme_filterdeployment_apply_to_programmed_seconds"); got != before+1 {
+		t.Errorf("the rollout histogram has %d observations, want %d", got, before+1)
+	}
+	if err := cluster.Client.Delete(context.Background(), getFD(t, seedName)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the seed's EnvoyFilters to go", func() (bool, string) { return len(envoyFilters(t)) == 0, fmt.Sprint(envoyFilters(t)) })
+}
+
+// TestProxyStatusCost measures what tracking costs istiod with 50 connected proxies: the syncz
+// answer's size and the time istiod takes to answer, as the operator asks (TLS, token). It
+// asserts only that istiod lists all 50; the figures are logged for docs/status.md.
+func TestProxyStatusCost(t *testing.T) {
+	ctx := context.Background()
+	const n = 50
+	for i := range n {
+		p, err := xdsproxy.Start(ctx, xdsproxy.Options{
+			XDSAddr: cluster.Istiod.XDSAddr,
+			Identity: xdsproxy.Identity{PodName: fmt.Sprintf("load-%02d", i), Namespace: "load", PodIP: fmt.Sprintf("127.0.10.%d", i+1),
+				WorkloadName: "load", ServiceAccount: "default", IstioVersion: cluster.Istiod.Version + ".0"},
+			Port: localcluster.BookinfoPort, Resolve: xdsproxy.PrefixResolver(wasmev1.CacheDir, t.TempDir()), Upstream: upstream,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = p.Close() })
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(cluster.Istiod.CAPEM)
+	tr, err := proxystatus.NewTracker(proxystatus.Options{
+		Addr: cluster.Istiod.SecureXDSAddr, Interval: time.Second,
+		TLS: &tls.Config{RootCAs: pool, ServerName: localcluster.IstiodServerName, MinVersion: tls.VersionTLS12},
+		Token: func(ctx context.Context) (string, error) {
+			return cluster.Env.AudienceToken(ctx, "wasme", "wasme-operator", proxystatus.Audience)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = tr.Start(runCtx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "istiod to list the 50 proxies", func() (bool, string) {
+		snap := tr.Snapshot()
+		got := 0
+		for _, p := range snap.Proxies {
+			if p.Namespace == "load" {
+				got++
+			}
+		}
+		return got == n, fmt.Sprintf("%d of %d listed (err %v)", got, n, snap.Err)
+	})
+	// The polls on the tracker's stream, as the operator's: one request and answer each.
+	var stats []proxystatus.QueryStats
+	for len(stats) < 10 {
+		q := tr.LastQuery()
+		if len(stats) == 0 || q != stats[len(stats)-1] {
+			stats = append(stats, q)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	durs := make([]time.Duration, 0, len(stats))
+	for _, q := range stats {
+		durs = append(durs, q.Duration)
+	}
+	slices.Sort(durs)
+	last := stats[len(stats)-1]
+	t.Logf("syncz with %d connected proxies (%d of them the 50 here): answer %d bytes (%.0f per proxy), query median %s, max %s over %d polls; the operator sends 60/interval queries a minute (6 at the default 10 s)",
+		last.Proxies, n, last.Bytes, float64(last.Bytes)/float64(max(last.Proxies, 1)), durs[len(durs)/2].Round(100*time.Microsecond), durs[len(durs)-1].Round(100*time.Microsecond), len(durs))
 }
