@@ -179,8 +179,8 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 	f.StringVar(&o.cacheURL, "cache-url", operator.DefaultModuleURLBase,
 		"the node-local wasme-cache Service (internalTrafficPolicy Local) that istio-agent fetches modules from in ECDS delivery, as http://host:port")
 	f.StringVar(&o.istiodAddr, "istiod-address", DefaultIstiodAddress,
-		`istiod's TLS xDS address (port 15012), read for each proxy's ACK/NACK state (the Programmed condition; docs/status.md); "" turns proxy tracking off`)
-	f.StringVar(&o.istiodServerName, "istiod-server-name", "", "name istiod's certificate must carry; default: the host of --istiod-address")
+		`where istiod's per-proxy ACK/NACK state is read (the Programmed condition; docs/status.md): its /debug/syncz URL (monitoring port 15014, http or https), or host:port of its TLS xDS port for the xDS debug type; "" turns proxy tracking off`)
+	f.StringVar(&o.istiodServerName, "istiod-server-name", "", "name istiod's certificate must carry (https or xDS); default: the host of --istiod-address")
 	f.StringVar(&o.istiodCAFile, "istiod-ca-file", DefaultIstiodCAFile, "PEM file of istiod's root CA (the istio-ca-root-cert ConfigMap's root-cert.pem)")
 	f.StringVar(&o.istiodTokenFile, "istiod-token-file", DefaultIstiodTokenFile,
 		"ServiceAccount token of audience istio-ca presented to istiod (a projected token; re-read for every stream)")
@@ -193,7 +193,7 @@ EnvoyFilters, and serves pulled modules to the node caches (the wasme-cache Daem
 // Where the operator finds istiod and its credentials for it in a cluster (deploy/wasme.yaml
 // mounts the CA and the token there).
 const (
-	DefaultIstiodAddress   = "istiod.istio-system.svc:15012"
+	DefaultIstiodAddress   = "http://istiod.istio-system.svc:15014/debug/syncz"
 	DefaultIstiodCAFile    = "/var/run/secrets/istio/root-cert.pem"
 	DefaultIstiodTokenFile = "/var/run/secrets/tokens/istio-token"
 )
@@ -206,22 +206,33 @@ func (o *operatorOptions) proxyStatus() (*proxystatus.Options, error) {
 	if o.istiodAddr == "" {
 		return nil, nil
 	}
-	host, _, err := net.SplitHostPort(o.istiodAddr)
-	if err != nil || host == "" {
-		return nil, fmt.Errorf("--istiod-address %q: want host:port, such as %s", o.istiodAddr, DefaultIstiodAddress)
-	}
 	if o.proxyStatusInterval < minProxyStatusInterval {
 		return nil, fmt.Errorf("--proxy-status-interval %s: must be at least %s", o.proxyStatusInterval, minProxyStatusInterval)
 	}
-	return &proxystatus.Options{
-		Addr: o.istiodAddr,
-		// The CA is read when a stream opens: istiod (which publishes it as ConfigMap
-		// istio-ca-root-cert in every namespace) may come after the operator, or rotate it.
-		TLS:      &tls.Config{ServerName: cmp.Or(o.istiodServerName, host), MinVersion: tls.VersionTLS12},
-		CAFile:   o.istiodCAFile,
-		Token:    proxystatus.FileToken(o.istiodTokenFile),
-		Interval: o.proxyStatusInterval,
-	}, nil
+	opts := &proxystatus.Options{Token: proxystatus.FileToken(o.istiodTokenFile), Interval: o.proxyStatusInterval}
+	var host string
+	if u, err := url.Parse(o.istiodAddr); err == nil && (u.Scheme == "http" || u.Scheme == "https") {
+		// istiod's HTTP debug endpoint (the default; see proxystatus.Options.SynczURL).
+		if u.Host == "" || u.Path != "/debug/syncz" || u.RawQuery != "" {
+			return nil, fmt.Errorf("--istiod-address %q: want istiod's syncz URL, such as %s", o.istiodAddr, DefaultIstiodAddress)
+		}
+		opts.SynczURL, host = o.istiodAddr, u.Hostname()
+		if u.Scheme == "http" {
+			return opts, nil
+		}
+	} else {
+		// host:port: istiod's xDS debug type on its TLS port.
+		h, _, err := net.SplitHostPort(o.istiodAddr)
+		if err != nil || h == "" {
+			return nil, fmt.Errorf("--istiod-address %q: want istiod's syncz URL (%s) or its TLS xDS host:port (istiod.istio-system.svc:15012)", o.istiodAddr, DefaultIstiodAddress)
+		}
+		opts.Addr, host = o.istiodAddr, h
+	}
+	// The CA is read when a connection opens: istiod (which publishes it as ConfigMap
+	// istio-ca-root-cert in every namespace) may come after the operator, or rotate it.
+	opts.TLS = &tls.Config{ServerName: cmp.Or(o.istiodServerName, host), MinVersion: tls.VersionTLS12}
+	opts.CAFile = o.istiodCAFile
+	return opts, nil
 }
 
 // checkCacheURL refuses a cache URL istio-agent could not fetch "<url>/sha256/<hex>" from.

@@ -1,14 +1,15 @@
 // Package proxystatus reads istiod's own per-proxy state: which proxies are connected to it and,
 // for each xDS type, whether the proxy ACKed the last response istiod sent, when that was
-// sent, and the error of its last NACK. It asks istiod for the xDS debug type
-// istio.io/debug/syncz over its ADS port, as `istioctl proxy-status` does, authenticated the way
-// istiod requires for debug types: over TLS with a Kubernetes token of audience istio-ca (its
-// KubeJWTAuthenticator does a TokenReview), from a namespace istiod admits to its debug
-// endpoints (its root namespace, or one named in istiod's DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES).
+// sent, and the error of its last NACK, as `istioctl proxy-status` shows it. Two transports:
+// istiod's HTTP debug endpoint /debug/syncz (SynczURL, the default in the operator), and the
+// xDS debug type istio.io/debug/syncz on istiod's ADS port (Addr), which has an istiod
+// deadlock against it (see Options.SynczURL). Either way istiod requires a Kubernetes token of
+// audience istio-ca (its KubeJWTAuthenticator does a TokenReview; over ADS only on TLS) from a
+// namespace it admits to its debug endpoints (its root namespace, or one named in istiod's
+// DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES).
 //
-// A Tracker polls at a fixed interval on one long-lived stream (istiod answers each debug
-// request on it; the token is checked once, when the stream opens), so the cost is one syncz
-// per interval per istiod replica, whatever the number of FilterDeployments.
+// A Tracker polls at a fixed interval, so the cost is one syncz per interval per istiod
+// replica, whatever the number of FilterDeployments.
 package proxystatus
 
 import (
@@ -19,8 +20,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -111,8 +115,15 @@ type Identity struct {
 
 // Options configure a Tracker.
 type Options struct {
-	// Addr is istiod's ADS address, host:port: the TLS port (15012) in a cluster.
+	// Addr is istiod's ADS address, host:port: the TLS port (15012) in a cluster. Unused when
+	// SynczURL is set.
 	Addr string
+	// SynczURL, when set, is istiod's HTTP debug endpoint /debug/syncz (its monitoring port,
+	// 15014, in a cluster), read instead of the xDS debug type: istiod's xDS syncz generator
+	// takes a proxy's read lock twice (StatusGen.debugSyncz, then DeepCloneWatchedResources),
+	// which deadlocks that proxy when its xDS goroutine wants the write lock in between (Go's
+	// RWMutex forbids recursive read locks). The HTTP handler locks once per call.
+	SynczURL string
 	// TLS is the client TLS configuration (istiod's root CA, server name
 	// istiod.<namespace>.svc); nil means plaintext, which istiod accepts for debug types only
 	// when it does not authenticate them (ENABLE_DEBUG_ENDPOINT_AUTH=false).
@@ -180,7 +191,7 @@ const maxStale = 3
 
 // NewTracker makes a Tracker; Start runs it.
 func NewTracker(opts Options) (*Tracker, error) {
-	if opts.Addr == "" {
+	if opts.Addr == "" && opts.SynczURL == "" {
 		return nil, errors.New("proxystatus: istiod address is required")
 	}
 	if opts.Interval <= 0 {
@@ -229,6 +240,20 @@ func (t *Tracker) Start(ctx context.Context) error {
 	}()
 	tick := time.NewTicker(t.opts.Interval)
 	defer tick.Stop()
+	if t.opts.SynczURL != "" {
+		hc, err := t.httpClient()
+		if err != nil {
+			return err
+		}
+		for {
+			t.record(t.pollHTTP(ctx, hc))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+			}
+		}
+	}
 	for {
 		if s == nil || s.opened.Add(maxStreamAge).Before(time.Now()) {
 			// A stream lives at most maxStreamAge, so a rotated token is presented again.
@@ -562,4 +587,130 @@ func FileToken(path string) func(context.Context) (string, error) {
 		}
 		return strings.TrimSpace(string(b)), nil
 	}
+}
+
+// httpClient is the client for SynczURL: TLS (with CAFile's CA, read at every connection) for
+// https, a bounded timeout, no redirects (the token must go to istiod only).
+func (t *Tracker) httpClient() (*http.Client, error) {
+	tr := &http.Transport{Proxy: nil, MaxIdleConns: 1, IdleConnTimeout: 2 * t.opts.Interval}
+	if t.opts.TLS != nil {
+		base := t.opts.TLS.Clone()
+		tr.DialTLSContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			cfg := base.Clone()
+			if t.opts.CAFile != "" {
+				pem, err := os.ReadFile(t.opts.CAFile)
+				if err != nil {
+					return nil, fmt.Errorf("istiod's CA: %w (istiod publishes it as ConfigMap istio-ca-root-cert in every namespace)", err)
+				}
+				cfg.RootCAs = x509.NewCertPool()
+				if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+					return nil, fmt.Errorf("istiod's CA %s: no PEM certificate in it", t.opts.CAFile)
+				}
+			}
+			d := &tls.Dialer{Config: cfg}
+			return d.DialContext(ctx, network, addr)
+		}
+	}
+	return &http.Client{Transport: tr, Timeout: t.opts.Timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}, nil
+}
+
+// synczEntry is one proxy of istiod's /debug/syncz (pilot/pkg/xds/debug.go SyncStatus).
+type synczEntry struct {
+	ProxyID   string `json:"proxy"`
+	Resources map[string]struct {
+		Sent      string    `json:"sent"`
+		Acked     string    `json:"acked"`
+		SentTime  time.Time `json:"sentTime"`
+		LastError string    `json:"lastError"`
+	} `json:"resources"`
+}
+
+func (t *Tracker) pollHTTP(ctx context.Context, hc *http.Client) *Snapshot {
+	t.mu.Lock()
+	t.queries++
+	t.mu.Unlock()
+	fail := func(err error) *Snapshot {
+		return &Snapshot{At: time.Now(), Err: fmt.Errorf("istiod %s: %w", t.opts.SynczURL, err)}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.opts.SynczURL, nil)
+	if err != nil {
+		return fail(err)
+	}
+	if t.opts.Token != nil {
+		token, err := t.opts.Token(ctx)
+		if err != nil {
+			return fail(fmt.Errorf("reading the token for istiod: %w", err))
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	sent := time.Now()
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fail(err)
+	}
+	defer resp.Body.Close() //nolint:errcheck // read to the end or abandoned; nothing to report
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxMessageBytes+1))
+	if err != nil {
+		return fail(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		hint := ""
+		switch resp.StatusCode {
+		case http.StatusUnauthorized:
+			hint = " (istiod refused the token: audience istio-ca?)"
+		case http.StatusForbidden:
+			hint = " (istiod does not admit this namespace to its debug endpoints: DEBUG_ENDPOINT_AUTH_ALLOWED_NAMESPACES)"
+		}
+		return fail(fmt.Errorf("%s%s", resp.Status, hint))
+	}
+	if len(body) > maxMessageBytes {
+		return fail(fmt.Errorf("answer larger than %d bytes", maxMessageBytes))
+	}
+	snap, n, err := DecodeHTTP(body)
+	if err != nil {
+		return fail(err)
+	}
+	t.mu.Lock()
+	t.last = QueryStats{Duration: time.Since(sent), Bytes: len(body), Proxies: n}
+	t.mu.Unlock()
+	return snap
+}
+
+// DecodeHTTP reads istiod's /debug/syncz JSON, with the sync states istiod's xDS syncz derives
+// from the same fields (pilot/pkg/xds/statusgen.go debugSyncStatus). It returns the snapshot and
+// how many entries the answer had.
+func DecodeHTTP(body []byte) (*Snapshot, int, error) {
+	var entries []synczEntry
+	if err := json.Unmarshal(body, &entries); err != nil {
+		return nil, 0, fmt.Errorf("syncz: %w", err)
+	}
+	snap := &Snapshot{At: time.Now(), Proxies: map[string]Proxy{}}
+	for _, e := range entries {
+		p := Proxy{ID: e.ProxyID, Types: map[string]Resource{}}
+		var ok bool
+		if p.Pod, p.Namespace, ok = PodOf(e.ProxyID); !ok {
+			continue
+		}
+		for typ, r := range e.Resources {
+			res := Resource{Sent: r.SentTime, Error: r.LastError}
+			switch {
+			case r.LastError != "":
+				res.Sync = Error
+			case r.Sent == "":
+				res.Sync = NotSent
+			case r.Sent == r.Acked:
+				res.Sync = Synced
+			default:
+				res.Sync = Stale
+			}
+			p.Types[typ] = res
+		}
+		key := p.Namespace + "/" + p.Pod
+		if prev, dup := snap.Proxies[key]; dup && latest(prev) > latest(p) {
+			continue
+		}
+		snap.Proxies[key] = p
+	}
+	return snap, len(entries), nil
 }

@@ -150,3 +150,42 @@ func TestChangedAndSame(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeHTTP reads istiod's /debug/syncz JSON (pilot/pkg/xds/debug.go SyncStatus) into the
+// same states the xDS debug type gives.
+func TestDecodeHTTP(t *testing.T) {
+	body := []byte(`[
+	 {"cluster_id":"Kubernetes","proxy":"a.ns","resources":{"` + ListenerType + `":{"sent":"n1","acked":"n1","sentTime":"2026-12-02T18:00:00.5Z"}}},
+	 {"proxy":"b.ns","resources":{"` + ListenerType + `":{"sent":"n2","acked":"n1","sentTime":"2026-12-02T18:00:01Z","lastError":"module missing"}}},
+	 {"proxy":"c.ns","resources":{"` + ListenerType + `":{"sent":"n3","acked":"n2"},"` + ExtensionConfigType + `":{}}},
+	 {"proxy":"router~1~x~y~z"}
+	]`)
+	snap, n, err := DecodeHTTP(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 4 || len(snap.Proxies) != 3 {
+		t.Fatalf("%d entries, %d proxies: %+v", n, len(snap.Proxies), snap.Proxies)
+	}
+	want := map[string]Sync{"a": Synced, "b": Error, "c": Stale}
+	for pod, s := range want {
+		p, ok := snap.Proxy("ns", pod)
+		if !ok || p.Types[ListenerType].Sync != s {
+			t.Errorf("%s: %+v, want LDS %s", pod, p, s)
+		}
+	}
+	if a, _ := snap.Proxy("ns", "a"); !a.Types[ListenerType].Sent.Equal(time.Date(2026, 12, 2, 18, 0, 0, 5e8, time.UTC)) {
+		t.Errorf("a sent %v", a.Types[ListenerType].Sent)
+	}
+	if b, _ := snap.Proxy("ns", "b"); b.Types[ListenerType].Error != "module missing" {
+		t.Errorf("b = %+v", b)
+	}
+	if c, _ := snap.Proxy("ns", "c"); c.Types[ExtensionConfigType].Sync != NotSent {
+		t.Errorf("c = %+v", c)
+	}
+	for _, bad := range []string{``, `{}`, `[{"proxy":1}]`, `not json`} {
+		if _, _, err := DecodeHTTP([]byte(bad)); err == nil {
+			t.Errorf("DecodeHTTP(%q) succeeded", bad)
+		}
+	}
+}

@@ -22,6 +22,10 @@ type Istiod struct {
 	SecureXDSAddr string
 	// CAPEM is the CA of the secure address's certificate.
 	CAPEM []byte
+	// MonitoringAddr is istiod's monitoring address (--monitoringAddr, a cluster's 15014): its
+	// metrics and its debug endpoints (/debug/syncz), which istiod serves to authenticated
+	// callers and, unauthenticated, to loopback ones (as every caller is here).
+	MonitoringAddr string
 	// HTTPAddr serves /ready and istiod's debug endpoints (/debug/configz, /debug/syncz ...).
 	HTTPAddr string
 	// Version is the Istio version it is built from, e.g. "1.31".
@@ -114,7 +118,7 @@ func startIstiod(ctx context.Context, bin, dir, kubeconfig, version string) (*Is
 		}
 		lastErr = p.WaitHTTP(ctx, &http.Client{Timeout: 2 * time.Second}, "http://"+httpAddr+"/ready", 3*time.Minute, nil)
 		if lastErr == nil {
-			return &Istiod{XDSAddr: grpcAddr, SecureXDSAddr: secureAddr, CAPEM: caPEM, HTTPAddr: httpAddr, Version: version, LogFile: p.LogPath, proc: p}, nil
+			return &Istiod{XDSAddr: grpcAddr, SecureXDSAddr: secureAddr, CAPEM: caPEM, MonitoringAddr: monAddr, HTTPAddr: httpAddr, Version: version, LogFile: p.LogPath, proc: p}, nil
 		}
 		p.Stop()
 		if !strings.Contains(lastErr.Error(), "address already in use") {

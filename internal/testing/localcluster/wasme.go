@@ -2,8 +2,6 @@ package localcluster
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -42,15 +40,11 @@ func (c *Cluster) StartWasme(ctx context.Context, o WasmeOptions) error {
 	if err != nil {
 		return err
 	}
-	// As in a cluster: istiod's TLS port, its CA, and a token of the operator's ServiceAccount
-	// with audience istio-ca (a projected token there), which istiod reviews.
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(c.Istiod.CAPEM) {
-		return fmt.Errorf("istiod's CA does not parse")
-	}
+	// As in a cluster: istiod's /debug/syncz on its monitoring port with a token of the
+	// operator's ServiceAccount of audience istio-ca (a projected token there). istiod serves
+	// loopback callers without checking the token, and here every caller is on loopback.
 	proxyStatus := &proxystatus.Options{
-		Addr:     c.Istiod.SecureXDSAddr,
-		TLS:      &tls.Config{RootCAs: pool, ServerName: IstiodServerName, MinVersion: tls.VersionTLS12},
+		SynczURL: "http://" + c.Istiod.MonitoringAddr + "/debug/syncz",
 		Interval: o.ProxyStatusInterval,
 		Token: func(ctx context.Context) (string, error) {
 			return c.Env.AudienceToken(ctx, "wasme", "wasme-operator", proxystatus.Audience)
