@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"slices"
 	"testing"
@@ -10,6 +11,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	"wasme.io/wasme/internal/testing/node"
 )
@@ -34,9 +37,7 @@ func installIstio(t *testing.T, n *node.Node) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	start := time.Now()
-	// The proxyv2 image (pilot-agent and the test proxy) is not built yet: the ingress gateway
-	// could not start, so it is left out until it is.
-	if err := n.InstallIstio(ctx, node.IstioOptions{NoIngressGateway: true, Out: os.Stderr}); err != nil {
+	if err := n.InstallIstio(ctx, node.IstioOptions{Out: os.Stderr}); err != nil {
 		t.Fatalf("%v\npods:%s", err, podStates(n.Clientset, node.IstioNamespace))
 	}
 	t.Logf("istioctl install: %.1fs", time.Since(start).Seconds())
@@ -63,7 +64,8 @@ func containerOf(spec *corev1.PodSpec, name string) *corev1.Container {
 // pod created in a namespace labelled istio-injection=enabled comes back from the API server
 // with istio-init and istio-proxy and the seed's userVolume/userVolumeMount annotations turned
 // into a hostPath volume mounted read-only on istio-proxy; a pod of an unlabelled namespace
-// is left alone.
+// is left alone. The injected pod then becomes Ready through pilot-agent (the proxyv2 image:
+// the real pilot-agent, wasme's test proxy as envoy), as the ingress gateway did for istioctl.
 func TestIstioInjection(t *testing.T) {
 	n := sharedNode(t)
 	installIstio(t, n)
@@ -96,7 +98,18 @@ func TestIstioInjection(t *testing.T) {
 					"sidecar.istio.io/userVolume":      seedUserVolume,
 					"sidecar.istio.io/userVolumeMount": seedUserVolumeMount,
 				}},
-			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "details", Image: pushDetails(t, n)}}},
+			Spec: corev1.PodSpec{
+				TerminationGracePeriodSeconds: ptr.To(int64(2)),
+				Containers: []corev1.Container{{
+					Name: "details", Image: pushDetails(t, n),
+					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 9080}},
+					// The injector rewrites this probe to pilot-agent's /app-health/ endpoint.
+					ReadinessProbe: &corev1.Probe{
+						ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("http")}},
+						PeriodSeconds: 1,
+					},
+				}},
+			},
 		}
 		// The API server calls the injector during this create: what comes back is the pod
 		// as admitted.
@@ -153,6 +166,32 @@ func TestIstioInjection(t *testing.T) {
 		t.Errorf("istio-proxy mount of cache-dir = %+v, want read-only at /var/local/lib/wasme-cache from the userVolumeMount annotation", mount)
 	}
 	t.Logf("injected: %s", specSummary(&p.Spec))
+
+	// The sidecar starts: istio-init's istio-iptables rules, pilot-agent with the test proxy
+	// as its envoy, Ready through pilot-agent's readiness probe (15021, which asks the proxy
+	// whether it applied its listeners and clusters from istiod), and the app's probe
+	// through pilot-agent.
+	start := time.Now()
+	if err := eventually(3*time.Minute, func() error {
+		got, err := cs.CoreV1().Pods(meshed).Get(ctx, p.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for _, c := range got.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return nil
+			}
+		}
+		return fmt.Errorf("pod %s/%s not Ready:%s", meshed, p.Name, podStates(cs, meshed))
+	}); err != nil {
+		logs, _ := n.Kubectl(ctx, "-n", meshed, "logs", p.Name, "-c", "istio-proxy", "--tail=30")
+		t.Fatalf("%v\nistio-proxy log:\n%s", err, logs)
+	}
+	t.Logf("injected pod Ready %.1fs after its creation", time.Since(start).Seconds())
+	// istioctl install waited for it; it is still Ready.
+	if err := waitDeploymentReady(ctx, cs, node.IstioNamespace, "istio-ingressgateway", time.Minute); err != nil {
+		t.Error(err)
+	}
 	for _, ns := range []string{plain, meshed} {
 		if err := cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 			t.Error(err)

@@ -67,8 +67,6 @@ func (n *Node) PushPilot(ctx context.Context) (string, error) {
 
 // IstioOptions change how InstallIstio installs Istio.
 type IstioOptions struct {
-	// NoIngressGateway installs the default profile without its ingress gateway.
-	NoIngressGateway bool
 	// Out receives istioctl's output (nil: kept for the error only).
 	Out io.Writer
 }
@@ -95,11 +93,11 @@ var IstioValues = []string{
 	"values.gateways.istio-ingressgateway.resources.requests.memory=40Mi",
 }
 
-// InstallIstio pushes the pilot image and runs `istioctl install` (the pinned istioctl, its
-// embedded charts) of the default profile with hub and tag naming the node's registry and
-// IstioTag, and IstioValues. istioctl returns once istiod (and the ingress gateway) are Ready;
-// so does InstallIstio. The proxyv2 image must be in the registry as proxyv2:IstioTag for the
-// gateway and injected sidecars to start.
+// InstallIstio pushes the pilot and proxyv2 images (PushPilot, PushProxyV2) as IstioTag and
+// runs `istioctl install` (the pinned istioctl, its embedded charts) of the default profile
+// with hub and tag naming them, and IstioValues. istioctl returns once istiod and the ingress
+// gateway (pilot-agent and the test proxy, Ready through pilot-agent's probe) are Ready; so
+// does InstallIstio.
 func (n *Node) InstallIstio(ctx context.Context, o IstioOptions) error {
 	istioctl, err := tools.Istioctl(n.progress)
 	if err != nil {
@@ -108,15 +106,15 @@ func (n *Node) InstallIstio(ctx context.Context, o IstioOptions) error {
 	if _, err := n.PushPilot(ctx); err != nil {
 		return fmt.Errorf("pushing the pilot image: %w", err)
 	}
+	if _, err := n.PushProxyV2(ctx, IstioTag); err != nil {
+		return fmt.Errorf("pushing the proxyv2 image: %w", err)
+	}
 	args := []string{"install", "--kubeconfig", n.Kubeconfig, "--skip-confirmation",
 		"--set", "profile=default",
 		"--set", "hub=" + n.RegistryHost, "--set", "tag=" + IstioTag,
 		"--readiness-timeout", "5m"}
 	for _, v := range IstioValues {
 		args = append(args, "--set", v)
-	}
-	if o.NoIngressGateway {
-		args = append(args, "--set", "components.ingressGateways[0].enabled=false")
 	}
 	cmd := exec.CommandContext(ctx, istioctl, args...)
 	var out strings.Builder
