@@ -77,8 +77,8 @@ verify: generate manifests build-installer tidy fmt vet lint ## Regenerate every
 		echo "make verify: the tree is not clean after regeneration:"; git status --porcelain; git --no-pager diff --stat; exit 1; fi
 
 .PHONY: tools
-tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, istioctl, pilot-agent, CoreDNS, registry, helm, oras, crane, controller-gen, kustomize, golangci-lint, the real node's kubelet, containerd, ...) into the tool cache.
-	hack/tools/build.sh etcd kube-apiserver istiod istioctl pilot-agent coredns registry helm oras crane controller-gen kustomize golangci-lint >/dev/null
+tools: ## Build the pinned test tools (etcd, kube-apiserver, istiod, istioctl, pilot-agent, CoreDNS, registry, helm, oras, crane, cosign, controller-gen, kustomize, golangci-lint, the real node's kubelet, containerd, ...) into the tool cache.
+	hack/tools/build.sh etcd kube-apiserver istiod istioctl pilot-agent coredns registry helm oras crane cosign controller-gen kustomize golangci-lint >/dev/null
 	hack/tools/build.sh --node >/dev/null
 
 ##@ Build and test
@@ -99,10 +99,10 @@ image: ## Build the wasme image (OCI index, PLATFORMS); push to IMAGE, or write 
 test: ## Run every test against a real kube-apiserver and etcd (test/e2e also against a real istiod; test/chart runs helm lint and helm template; test/node on a real node: kubelet, containerd, runc, CNI, kube-proxy, as root).
 	@hack/prereqs.sh test
 	@assets=$$(hack/tools/build.sh --assets) && istiod=$$(hack/tools/build.sh istiod) && registry=$$(hack/tools/build.sh registry) && \
-	  helm=$$(hack/tools/build.sh helm) && node=$$(hack/tools/build.sh --node) && \
+	  helm=$$(hack/tools/build.sh helm) && node=$$(hack/tools/build.sh --node) && cosign=$$(hack/tools/build.sh cosign) && \
 	  coredns=$$(hack/tools/build.sh coredns) && istioctl=$$(hack/tools/build.sh istioctl) && agent=$$(hack/tools/build.sh pilot-agent) && \
-	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm WASME_NODE_TOOLS=$$node WASME_COREDNS=$$coredns WASME_ISTIOCTL=$$istioctl WASME_PILOT_AGENT=$$agent" && \
-	  export KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm WASME_NODE_TOOLS=$$node \
+	  echo ">> KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm WASME_NODE_TOOLS=$$node WASME_COSIGN=$$cosign WASME_COREDNS=$$coredns WASME_ISTIOCTL=$$istioctl WASME_PILOT_AGENT=$$agent" && \
+	  export KUBEBUILDER_ASSETS=$$assets WASME_ISTIOD=$$istiod WASME_TEST_REGISTRY=$$registry WASME_HELM=$$helm WASME_NODE_TOOLS=$$node WASME_COSIGN=$$cosign \
 	    WASME_COREDNS=$$coredns WASME_ISTIOCTL=$$istioctl WASME_PILOT_AGENT=$$agent && \
 	  go test -timeout 30m $(GO_TEST_FLAGS) ./... && \
 	  cd test/interop/istio && go test $(GO_TEST_FLAGS) ./...

@@ -18,15 +18,15 @@ problems=()
 # (measured cold on a shared two-core machine; a faster machine takes less).
 case "$target" in
   demo) tools=(etcd kube-apiserver istiod registry) ;;
-  test) tools=(etcd kube-apiserver istiod istioctl coredns registry helm oras crane kubelet containerd) ;;
+  test) tools=(etcd kube-apiserver istiod istioctl coredns registry helm oras crane cosign kubelet containerd) ;;
   bench) tools=(etcd kube-apiserver registry oras) ;;
-  ci) tools=(etcd kube-apiserver istiod istioctl coredns registry helm oras crane controller-gen kustomize golangci-lint kubelet containerd) ;;
+  ci) tools=(etcd kube-apiserver istiod istioctl coredns registry helm oras crane cosign controller-gen kustomize golangci-lint kubelet containerd) ;;
   realnode) tools=(etcd kube-apiserver kubelet containerd coredns istiod istioctl) ;;
   *) echo "hack/prereqs.sh: unknown target $target (demo, test, bench, ci, realnode)" >&2; exit 2 ;;
 esac
 minutes_of() {
   case "$1" in
-    kube-apiserver) echo 6 ;; istiod | istioctl) echo 8 ;; coredns) echo 4 ;; etcd | registry | helm | containerd) echo 3 ;;
+    kube-apiserver) echo 6 ;; istiod | istioctl) echo 8 ;; cosign) echo 12 ;; coredns) echo 4 ;; etcd | registry | helm | containerd) echo 3 ;;
     kubelet | golangci-lint) echo 5 ;; # kubelet with kube-controller-manager, kube-scheduler, kube-proxy and kubectl
     *) echo 1 ;;
   esac

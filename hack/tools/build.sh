@@ -37,6 +37,7 @@ pilot-agent              istio-agent     istio.io/istio/pilot/cmd/pilot-agent
 coredns                  coredns         github.com/coredns/coredns
 oras                     oras            oras.land/oras/cmd/oras
 crane                    crane           github.com/google/go-containerregistry/cmd/crane
+cosign                   cosign          github.com/sigstore/cosign/v3/cmd/cosign
 kustomize                kustomize       sigs.k8s.io/kustomize/kustomize/v5
 registry                 registry        github.com/distribution/distribution/v3/cmd/registry
 helm                     helm            helm.sh/helm/v3/cmd/helm

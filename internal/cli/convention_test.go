@@ -73,7 +73,7 @@ func TestCompletion(t *testing.T) {
 // objectVerbs print objects or lists; each takes -o table|json|yaml, the others none.
 var objectVerbs = []string{
 	"wasme build assemblyscript", "wasme build go", "wasme build precompiled", "wasme build rust", "wasme build tinygo",
-	"wasme deploy istio", "wasme list", "wasme pull", "wasme push", "wasme status", "wasme tag", "wasme version",
+	"wasme deploy istio", "wasme list", "wasme pull", "wasme push", "wasme sign", "wasme status", "wasme tag", "wasme verify", "wasme version",
 }
 
 // TestOutputConvention walks the command tree: every verb that prints objects has the same -o

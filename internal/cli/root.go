@@ -43,6 +43,7 @@ func NewRootCmd(s streams) *cobra.Command {
 	root.SetErr(s.errOut)
 	root.AddCommand(newVersionCmd(s))
 	root.AddCommand(newBuildCmd(s), newPushCmd(s), newPullCmd(s), newTagCmd(s), newListCmd(s), newLoginCmd(s), newInitCmd(s))
+	root.AddCommand(newKeygenCmd(s), newSignCmd(s), newVerifyCmd(s))
 	root.AddCommand(newOperatorCmd(s))
 	root.AddCommand(newCacheCmd(s))
 	root.AddCommand(newDeployCmd(s))

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry/remote"
@@ -37,22 +38,33 @@ type Image struct {
 // Resolve returns the manifest digest ref points at, without downloading anything else. A
 // reference pinned to a digest is checked to exist.
 func Resolve(ctx context.Context, ref string, opts ...Option) (digest.Digest, error) {
-	r, err := ParseReference(ref)
+	_, desc, err := ResolveDescriptor(ctx, ref, opts...)
 	if err != nil {
 		return "", err
+	}
+	return desc.Digest, nil
+}
+
+// ResolveDescriptor is Resolve returning the manifest's descriptor (media type, digest, size)
+// and the repository client it asked, configured by opts (auth, TLS, egress policy, retries),
+// for callers that read or write what is attached to the image, such as its signatures.
+func ResolveDescriptor(ctx context.Context, ref string, opts ...Option) (*remote.Repository, ocispec.Descriptor, error) {
+	r, err := ParseReference(ref)
+	if err != nil {
+		return nil, ocispec.Descriptor{}, err
 	}
 	repo, err := newOptions(opts).repository(r)
 	if err != nil {
-		return "", err
+		return nil, ocispec.Descriptor{}, err
 	}
 	desc, err := repo.Resolve(ctx, r.target())
 	if err != nil {
-		return "", classify(r, "resolve", explainNotFound(ctx, repo, r, err))
+		return nil, ocispec.Descriptor{}, classify(r, "resolve", explainNotFound(ctx, repo, r, err))
 	}
 	if r.Digest != "" && desc.Digest != r.Digest {
-		return "", fmt.Errorf("resolve %s: %w: registry answered %s", r, ErrDigestMismatch, desc.Digest)
+		return nil, ocispec.Descriptor{}, fmt.Errorf("resolve %s: %w: registry answered %s", r, ErrDigestMismatch, desc.Digest)
 	}
-	return desc.Digest, nil
+	return repo, desc, nil
 }
 
 // Pull downloads the image ref names, in any layout this package reads, and returns the

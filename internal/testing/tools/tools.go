@@ -31,6 +31,9 @@ const (
 	// etcd, kube-apiserver, kubelet, kube-controller-manager, kube-scheduler, kube-proxy,
 	// kubectl, containerd and its runc shim).
 	NodeToolsEnv = "WASME_NODE_TOOLS"
+	// CosignEnv names the cosign binary (hack/tools/build.sh cosign), for the signature
+	// interoperability tests.
+	CosignEnv = "WASME_COSIGN"
 	// PilotAgentEnv names the pilot-agent binary (hack/tools/build.sh pilot-agent), which the
 	// proxyv2 test image and the pilot-agent tests run.
 	PilotAgentEnv = "WASME_PILOT_AGENT"
@@ -87,6 +90,9 @@ func FromEnv(progress io.Writer, env, tool string) (string, error) {
 
 // Registry is the pinned distribution registry binary ($WASME_TEST_REGISTRY or a build).
 func Registry(progress io.Writer) (string, error) { return FromEnv(progress, RegistryEnv, "registry") }
+
+// Cosign is the pinned cosign CLI ($WASME_COSIGN or a build).
+func Cosign(progress io.Writer) (string, error) { return FromEnv(progress, CosignEnv, "cosign") }
 
 // Helm is the pinned helm binary ($WASME_HELM or a build).
 func Helm(progress io.Writer) (string, error) { return FromEnv(progress, HelmEnv, "helm") }
