@@ -48,6 +48,11 @@ const (
 	ProxyStatusUnavailableReason = "ProxyStatusUnavailable"
 	// ProxyStatusDisabledReason (Programmed=Unknown): the operator runs without proxy tracking.
 	ProxyStatusDisabledReason = "ProxyStatusDisabled"
+	// VerificationFailedReason: the image's signature is missing or does not verify with the
+	// required keys, or the keys cannot be read.
+	VerificationFailedReason = "VerificationFailed"
+	// PolicyDeniedReason: a FilterPolicy does not allow the image's registry.
+	PolicyDeniedReason = "PolicyDenied"
 )
 
 const (

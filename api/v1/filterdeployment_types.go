@@ -87,7 +87,52 @@ type FilterSpec struct {
 	// +optional
 	// +kubebuilder:validation:XValidation:rule="self.lowerAscii() in ['', 'any', 'inbound', 'outbound', 'gateway']",message="must be one of any, inbound, outbound, gateway"
 	PatchContext string `json:"patchContext,omitempty"`
+
+	// verify requires the image to be signed by one of these keys (cosign's signature format,
+	// see docs/security.md). The operator verifies the manifest digest the reference resolves
+	// to before it pulls the module; an image without such a signature is refused and nothing
+	// reaches the nodes. A FilterPolicy may require signatures too: then both must hold.
+	// +optional
+	Verify *ImageVerification `json:"verify,omitempty"`
 }
+
+// ImageVerification names the public keys one of which must have signed the image.
+type ImageVerification struct {
+	// keys are where the public keys are: a signature by any one of them suffices.
+	// +required
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=8
+	// +listType=atomic
+	Keys []KeyReference `json:"keys"`
+}
+
+// KeyReference is a key of a Secret or ConfigMap whose value holds PEM public keys (one or
+// more "PUBLIC KEY" blocks, as cosign.pub). For a FilterDeployment it is read from the
+// FilterDeployment's namespace; for a FilterPolicy from the operator's namespace.
+type KeyReference struct {
+	// kind is Secret or ConfigMap. A ConfigMap (public keys are not secret) is watched: a
+	// change re-verifies at once. A Secret is read on every pass and re-verified at least
+	// every resolve interval.
+	// +required
+	// +kubebuilder:validation:Enum=Secret;ConfigMap
+	Kind string `json:"kind"`
+
+	// name of the Secret or ConfigMap.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')",message="must be the name of a Secret or ConfigMap"
+	Name string `json:"name"`
+
+	// key in its data; "cosign.pub" when empty.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[-._a-zA-Z0-9]+$')",message="must be a Secret or ConfigMap data key"
+	Key string `json:"key,omitempty"`
+}
+
+// DefaultPublicKeyKey is the data key a KeyReference reads when it names none.
+const DefaultPublicKeyKey = "cosign.pub"
 
 // ImagePullOptions are the registry settings for pulling the filter image.
 type ImagePullOptions struct {
@@ -292,6 +337,27 @@ type FilterDeploymentStatus struct {
 	// proxiesProgrammed is "<programmed>/<pods>" over every selected workload, for kubectl get.
 	// +optional
 	ProxiesProgrammed string `json:"proxiesProgrammed,omitempty"`
+	// verifiedSignature says who signed imageDigest, when spec.filter.verify or a FilterPolicy
+	// requires a signature. It is set only once every requirement verified.
+	// +optional
+	VerifiedSignature *VerifiedSignature `json:"verifiedSignature,omitempty"`
+}
+
+// VerifiedSignature is the outcome of a successful signature verification.
+type VerifiedSignature struct {
+	// digest is the manifest digest the signatures cover: the one deployed.
+	Digest string `json:"digest"`
+
+	// signers are the IDs of the keys whose signatures verified ("sha256:" and the hex SHA-256
+	// of the key's DER encoding; wasme keygen prints it), one per requirement.
+	// +listType=atomic
+	Signers []string `json:"signers"`
+
+	// requiredBy names what asked for a signature: "spec.filter.verify" and
+	// "FilterPolicy/<name>".
+	// +optional
+	// +listType=atomic
+	RequiredBy []string `json:"requiredBy,omitempty"`
 }
 
 // FilterDeployment deploys a WebAssembly filter from an OCI image into the Envoy sidecars of

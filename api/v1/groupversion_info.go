@@ -30,7 +30,7 @@ var (
 )
 
 func addKnownTypes(s *runtime.Scheme) error {
-	s.AddKnownTypes(GroupVersion, &FilterDeployment{}, &FilterDeploymentList{}, &NodeCache{}, &NodeCacheList{}, &ModuleSet{}, &ModuleSetList{})
+	s.AddKnownTypes(GroupVersion, &FilterDeployment{}, &FilterDeploymentList{}, &NodeCache{}, &NodeCacheList{}, &ModuleSet{}, &ModuleSetList{}, &FilterPolicy{}, &FilterPolicyList{})
 	metav1.AddToGroupVersion(s, GroupVersion)
 	return nil
 }

@@ -111,6 +111,13 @@ type FilterDeploymentReconciler struct {
 	// proxyEvents brings the passes that istiod's proxy state changes cause.
 	proxyEvents chan event.TypedGenericEvent[*wasmev1.FilterDeployment]
 	metrics     *metrics
+	// Signatures verifies image signatures; nil means Images, when it is a SignatureVerifier.
+	Signatures SignatureVerifier
+	// PolicyNamespace is where FilterPolicies' keys are read: the operator's namespace (empty
+	// means "wasme"), which tenants cannot write.
+	PolicyNamespace string
+
+	verified verifiedCache
 
 	// watchEnvoyFilters starts the EnvoyFilter watch; envoyFiltersWatched says it ran.
 	watchEnvoyFilters   func() error
@@ -164,6 +171,12 @@ func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// changes a workload's total; istiod's state changes come through proxyEvents.
 		Watches(&corev1.Pod{}, inNamespace, builder.OnlyMetadata, builder.WithPredicates(podPredicate{})).
 		WatchesRawSource(source.Channel(r.proxyEvents, &handler.TypedEnqueueRequestForObject[*wasmev1.FilterDeployment]{})).
+		// Policies and the ConfigMaps holding public keys: a change re-verifies at once.
+		// ConfigMaps are watched as metadata only; Secrets are not watched at all (that needs
+		// list on every Secret of the cluster), see readKeys.
+		Watches(&wasmev1.FilterPolicy{}, handler.EnqueueRequestsFromMapFunc(r.allFilterDeployments)).
+		WatchesMetadata(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsForKeys),
+			builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
 		Named("filterdeployment").
 		// Failures back off from a quarter second to two minutes at most (not the default 16
 		// minutes), so a registry or API outage heals soon after it ends.

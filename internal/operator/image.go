@@ -45,9 +45,40 @@ func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *was
 		res.requeueAfter = r.ResolveInterval
 	}
 
+	// FilterPolicies: the registry is checked before any connection, the signatures once the
+	// digest is known and before the module is pulled, so a refused module is never stored
+	// nor served.
+	policies, err := r.applicablePolicies(ctx, fd.Namespace)
+	if err != nil {
+		return res, failed(wasmev1.PolicyDeniedReason, err)
+	}
+	for _, p := range policies {
+		if !registryAllowed(ref, p.Spec.AllowedRegistries) {
+			return res, stalling(wasmev1.PolicyDeniedReason, fmt.Errorf("image %s: FilterPolicy %s allows only the registries %s",
+				image, p.Name, strings.Join(p.Spec.AllowedRegistries, ", ")))
+		}
+	}
+	reqs, err := r.requirements(ctx, fd, policies)
+	if err != nil {
+		return res, err
+	}
+	for _, req := range reqs {
+		// Secrets are not watched: a rotated key is seen at the next pass, at the latest then.
+		if req.fromSecret {
+			res = res.merge(stepResult{requeueAfter: r.ResolveInterval})
+		}
+	}
+
 	digest, err := r.resolve(ctx, fd, ref, opts)
 	if err != nil {
 		return res, failed(wasmev1.ImageFailedReason, fmt.Errorf("resolving image %s: %w", image, err))
+	}
+	var verified *wasmev1.VerifiedSignature
+	if len(reqs) > 0 {
+		if verified, err = r.verifySignatures(ctx, ref, digest, opts, reqs); err != nil {
+			// A signature pushed later is seen at the next resolve interval.
+			return res.merge(stepResult{requeueAfter: r.ResolveInterval}), fmt.Errorf("image %s (%s): %w", image, digest, err)
+		}
 	}
 	img, err := r.fetch(ctx, ref, digest, opts)
 	if err != nil {
@@ -70,6 +101,7 @@ func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *was
 		return res, stalling(wasmev1.ImageFailedReason, fmt.Errorf("module of %s rejected: %w", image, err))
 	}
 	fd.Status.ImageDigest = img.ManifestDigest
+	fd.Status.VerifiedSignature = verified
 	fd.Status.ModuleDigest = img.ModuleDigest
 	fd.Status.RootID = rootID
 	return res, nil

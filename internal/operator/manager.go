@@ -154,6 +154,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		CacheHeartbeatGrace: o.CacheHeartbeatGrace,
 
 		AllowInsecureRegistries: o.AllowInsecureRegistries,
+		PolicyNamespace:         cmp.Or(o.Namespace, "wasme"),
 		CacheDir:                o.CacheDir,
 		ModuleURLBase:           o.ModuleURLBase,
 	}

@@ -4,6 +4,7 @@ package operator
 
 // The operator's permissions; `make manifests` turns these into config/rbac/operator/role.yaml.
 // Secrets are read one by one (get) from the FilterDeployment's namespace, never listed or cached;
+// ConfigMaps too (public keys for signatures), and watched as metadata only to re-verify;
 // namespaces only for the admin's wasme.io/allow-insecure-registries label.
 // Workloads are only patched (server-side apply), never updated or created.
 // Pods are read (their metadata only) to count each workload's proxies for Programmed.
@@ -17,6 +18,8 @@ package operator
 // +kubebuilder:rbac:groups=networking.istio.io,resources=envoyfilters,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
+// +kubebuilder:rbac:groups=wasme.io,resources=filterpolicies,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create

@@ -40,12 +40,20 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1.FilterDeploymentSpecApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("FilterDeploymentStatus"):
 		return &apiv1.FilterDeploymentStatusApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("FilterPolicy"):
+		return &apiv1.FilterPolicyApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("FilterPolicySpec"):
+		return &apiv1.FilterPolicySpecApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("FilterSpec"):
 		return &apiv1.FilterSpecApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("ImagePullOptions"):
 		return &apiv1.ImagePullOptionsApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("ImageVerification"):
+		return &apiv1.ImageVerificationApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("IstioDeploymentSpec"):
 		return &apiv1.IstioDeploymentSpecApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("KeyReference"):
+		return &apiv1.KeyReferenceApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("ModuleSet"):
 		return &apiv1.ModuleSetApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("ModuleSetSpec"):
@@ -58,6 +66,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1.NodeCacheStatusApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("PodProxyStatus"):
 		return &apiv1.PodProxyStatusApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("VerifiedSignature"):
+		return &apiv1.VerifiedSignatureApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("WorkloadStatus"):
 		return &apiv1.WorkloadStatusApplyConfiguration{}
 

@@ -74,6 +74,38 @@ var schemaYAML = typed.YAMLObject(`types:
         elementType:
           namedType: __untyped_deduced_
         elementRelationship: separable
+- name: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector
+  map:
+    fields:
+    - name: matchExpressions
+      type:
+        list:
+          elementType:
+            namedType: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement
+          elementRelationship: atomic
+    - name: matchLabels
+      type:
+        map:
+          elementType:
+            scalar: string
+    elementRelationship: atomic
+- name: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorOperator
+  scalar: string
+- name: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorRequirement
+  map:
+    fields:
+    - name: key
+      type:
+        scalar: string
+    - name: operator
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelectorOperator
+    - name: values
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: atomic
 - name: io.k8s.apimachinery.pkg.apis.meta.v1.ManagedFieldsEntry
   map:
     fields:
@@ -277,6 +309,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: rootID
       type:
         scalar: string
+    - name: verifiedSignature
+      type:
+        namedType: io.wasme.wasme.api.v1.VerifiedSignature
     - name: workloads
       type:
         map:
@@ -285,6 +320,39 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: workloadsReady
       type:
         scalar: string
+- name: io.wasme.wasme.api.v1.FilterPolicy
+  map:
+    fields:
+    - name: apiVersion
+      type:
+        scalar: string
+    - name: kind
+      type:
+        scalar: string
+    - name: metadata
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta
+    - name: spec
+      type:
+        namedType: io.wasme.wasme.api.v1.FilterPolicySpec
+- name: io.wasme.wasme.api.v1.FilterPolicySpec
+  map:
+    fields:
+    - name: allowedRegistries
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: atomic
+    - name: namespaceSelector
+      type:
+        namedType: io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector
+    - name: requiredKeys
+      type:
+        list:
+          elementType:
+            namedType: io.wasme.wasme.api.v1.KeyReference
+          elementRelationship: atomic
 - name: io.wasme.wasme.api.v1.FilterSpec
   map:
     fields:
@@ -314,6 +382,9 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: rootID
       type:
         scalar: string
+    - name: verify
+      type:
+        namedType: io.wasme.wasme.api.v1.ImageVerification
 - name: io.wasme.wasme.api.v1.ImagePullOptions
   map:
     fields:
@@ -326,6 +397,15 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: pullSecret
       type:
         scalar: string
+- name: io.wasme.wasme.api.v1.ImageVerification
+  map:
+    fields:
+    - name: keys
+      type:
+        list:
+          elementType:
+            namedType: io.wasme.wasme.api.v1.KeyReference
+          elementRelationship: atomic
 - name: io.wasme.wasme.api.v1.IstioDeploymentSpec
   map:
     fields:
@@ -345,6 +425,18 @@ var schemaYAML = typed.YAMLObject(`types:
         map:
           elementType:
             namedType: io.wasme.wasme.api.v1.LabelValue
+- name: io.wasme.wasme.api.v1.KeyReference
+  map:
+    fields:
+    - name: key
+      type:
+        scalar: string
+    - name: kind
+      type:
+        scalar: string
+    - name: name
+      type:
+        scalar: string
 - name: io.wasme.wasme.api.v1.LabelValue
   scalar: string
 - name: io.wasme.wasme.api.v1.ModuleSet
@@ -442,6 +534,24 @@ var schemaYAML = typed.YAMLObject(`types:
         namedType: io.wasme.wasme.api.v1.ProxyState
 - name: io.wasme.wasme.api.v1.ProxyState
   scalar: string
+- name: io.wasme.wasme.api.v1.VerifiedSignature
+  map:
+    fields:
+    - name: digest
+      type:
+        scalar: string
+    - name: requiredBy
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: atomic
+    - name: signers
+      type:
+        list:
+          elementType:
+            scalar: string
+          elementRelationship: atomic
 - name: io.wasme.wasme.api.v1.WorkloadState
   scalar: string
 - name: io.wasme.wasme.api.v1.WorkloadStatus

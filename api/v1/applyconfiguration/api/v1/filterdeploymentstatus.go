@@ -64,6 +64,9 @@ type FilterDeploymentStatusApplyConfiguration struct {
 	DeliveryMessage *string `json:"deliveryMessage,omitempty"`
 	// proxiesProgrammed is "<programmed>/<pods>" over every selected workload, for kubectl get.
 	ProxiesProgrammed *string `json:"proxiesProgrammed,omitempty"`
+	// verifiedSignature says who signed imageDigest, when spec.filter.verify or a FilterPolicy
+	// requires a signature. It is set only once every requirement verified.
+	VerifiedSignature *VerifiedSignatureApplyConfiguration `json:"verifiedSignature,omitempty"`
 }
 
 // FilterDeploymentStatusApplyConfiguration constructs a declarative configuration of the FilterDeploymentStatus type for use with
@@ -200,5 +203,13 @@ func (b *FilterDeploymentStatusApplyConfiguration) WithDeliveryMessage(value str
 // If called multiple times, the ProxiesProgrammed field is set to the value of the last call.
 func (b *FilterDeploymentStatusApplyConfiguration) WithProxiesProgrammed(value string) *FilterDeploymentStatusApplyConfiguration {
 	b.ProxiesProgrammed = &value
+	return b
+}
+
+// WithVerifiedSignature sets the VerifiedSignature field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the VerifiedSignature field is set to the value of the last call.
+func (b *FilterDeploymentStatusApplyConfiguration) WithVerifiedSignature(value *VerifiedSignatureApplyConfiguration) *FilterDeploymentStatusApplyConfiguration {
+	b.VerifiedSignature = value
 	return b
 }

@@ -51,6 +51,11 @@ type FilterSpecApplyConfiguration struct {
 	// arriving at the workload), "outbound" (requests the workload makes), "gateway" (Istio
 	// gateways) or "any". Case-insensitive.
 	PatchContext *string `json:"patchContext,omitempty"`
+	// verify requires the image to be signed by one of these keys (cosign's signature format,
+	// see docs/security.md). The operator verifies the manifest digest the reference resolves
+	// to before it pulls the module; an image without such a signature is refused and nothing
+	// reaches the nodes. A FilterPolicy may require signatures too: then both must hold.
+	Verify *ImageVerificationApplyConfiguration `json:"verify,omitempty"`
 }
 
 // FilterSpecApplyConfiguration constructs a declarative configuration of the FilterSpec type for use with
@@ -104,5 +109,13 @@ func (b *FilterSpecApplyConfiguration) WithImagePullOptions(value *ImagePullOpti
 // If called multiple times, the PatchContext field is set to the value of the last call.
 func (b *FilterSpecApplyConfiguration) WithPatchContext(value string) *FilterSpecApplyConfiguration {
 	b.PatchContext = &value
+	return b
+}
+
+// WithVerify sets the Verify field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Verify field is set to the value of the last call.
+func (b *FilterSpecApplyConfiguration) WithVerify(value *ImageVerificationApplyConfiguration) *FilterSpecApplyConfiguration {
+	b.Verify = value
 	return b
 }
