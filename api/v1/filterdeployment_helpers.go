@@ -109,7 +109,20 @@ func (f *FilterSpec) decodeConfig() (FilterConfig, error) {
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(f.Config.Raw, &obj); err != nil {
-		return FilterConfig{}, fmt.Errorf("spec.filter.config must be a string or an object with \"@type\" and \"value\"")
+		return FilterConfig{}, fmt.Errorf("spec.filter.config must be a string or an object")
+	}
+	if _, wrapped := obj["@type"]; !wrapped {
+		// A plain object, delivered as JSON text like WasmPlugin's pluginConfig; compacted
+		// with sorted keys, so the same object always gives the same bytes.
+		var m map[string]any
+		if err := json.Unmarshal(f.Config.Raw, &m); err != nil {
+			return FilterConfig{}, fmt.Errorf("spec.filter.config: %w", err)
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			return FilterConfig{}, fmt.Errorf("spec.filter.config: %w", err)
+		}
+		return FilterConfig{TypeURL: StringValueType, Value: b}, nil
 	}
 	var typeURL string
 	if err := json.Unmarshal(obj["@type"], &typeURL); err != nil || typeURL == "" {

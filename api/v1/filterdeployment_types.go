@@ -42,6 +42,7 @@ const (
 )
 
 // FilterSpec describes one proxy-wasm HTTP filter packaged as an OCI image.
+// +kubebuilder:validation:XValidation:rule="!has(self.patchContext) || !has(self.match)",message="patchContext and match are exclusive: match replaces patchContext"
 type FilterSpec struct {
 	// id names the filter in Envoy (the Wasm plugin name and VM id) and in the names of the
 	// EnvoyFilters created for it ("<workload>-<id>"). Defaults to "<name>.<namespace>" of this
@@ -61,8 +62,9 @@ type FilterSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:[.][a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*)*(?::[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$')",message="must be an OCI image reference such as registry.example.com/repo:tag or registry.example.com/repo@sha256:<hex>"
 	Image string `json:"image"`
 
-	// config is passed to the filter's proxy_on_configure. Either a plain string, delivered to
-	// the filter as is, or the protobuf Any form {"@type": "type.googleapis.com/google.protobuf.StringValue",
+	// config is passed to the filter's proxy_on_configure. A plain string is delivered as is;
+	// an object without "@type" is delivered as its JSON text (as Istio's WasmPlugin delivers
+	// pluginConfig); or the protobuf Any form {"@type": "type.googleapis.com/google.protobuf.StringValue",
 	// "value": "..."}; "@type" may also be google.protobuf.BytesValue (value in base64) or
 	// google.protobuf.Struct (value an object, delivered as JSON).
 	// +optional
@@ -94,7 +96,152 @@ type FilterSpec struct {
 	// reaches the nodes. A FilterPolicy may require signatures too: then both must hold.
 	// +optional
 	Verify *ImageVerification `json:"verify,omitempty"`
+
+	// match restricts the filter to traffic of one direction and to some ports, as Istio's
+	// WasmPlugin does: mode SERVER is the workload's inbound traffic, CLIENT its outbound,
+	// CLIENT_AND_SERVER (the default) both, including gateways; ports (empty: all) are the
+	// inbound ports the workload serves or the outbound ports it calls. Each entry adds its
+	// own insertion; the filter runs once per request whichever entries match it. Exclusive
+	// with patchContext, the original's field, which keeps working as before.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=8
+	Match []TrafficSelector `json:"match,omitempty"`
+
+	// failStrategy is what a proxy does when the filter cannot run. "FailClose" (the default)
+	// answers the request with an error; "FailOpen" lets the request through without the
+	// filter; "FailReload" (Istio 1.23 and later) starts a new VM and retries. It becomes
+	// Envoy's failure_policy, and in ECDS delivery it is also what istio-agent puts in the
+	// filter's place when it cannot fetch the module: a deny-all filter for FailClose and
+	// FailReload, an allow-all filter for FailOpen.
+	// +optional
+	// +kubebuilder:validation:Enum=FailClose;FailOpen;FailReload
+	FailStrategy FailStrategy `json:"failStrategy,omitempty"`
+
+	// phase places the filter in the HTTP filter chain among Istio's own filters, with the
+	// names of Istio's WasmPlugin: "AUTHN" and "AUTHZ" at the head of the chain, before
+	// Istio's authentication and authorization filters (all AUTHN filters before all AUTHZ
+	// filters); "STATS" and "UNSPECIFIED" (the default) just before the router, after Istio's
+	// own filters (STATS first). Phases other than UNSPECIFIED need Istio 1.10 or later.
+	// +optional
+	// +kubebuilder:validation:Enum=AUTHN;AUTHZ;STATS;UNSPECIFIED
+	Phase Phase `json:"phase,omitempty"`
+
+	// priority orders the filters of one phase on a workload: higher runs first. Filters of
+	// equal phase and priority run in the order of their FilterDeployments' names, never in
+	// the order they were created. Default 0.
+	// +optional
+	// +kubebuilder:validation:Minimum=-1000
+	// +kubebuilder:validation:Maximum=1000
+	Priority *int32 `json:"priority,omitempty"`
+
+	// vmConfig configures the filter's VM.
+	// +optional
+	VMConfig *VMConfig `json:"vmConfig,omitempty"`
 }
+
+// FailStrategy is what a proxy does when a filter cannot run: FailClose, FailOpen or FailReload.
+type FailStrategy string
+
+// Fail strategies.
+const (
+	// FailClose refuses the traffic the filter would have seen.
+	FailClose FailStrategy = "FailClose"
+	// FailOpen lets the traffic through without the filter.
+	FailOpen FailStrategy = "FailOpen"
+	// FailReload starts a new VM and retries; refused like FailClose while it cannot.
+	FailReload FailStrategy = "FailReload"
+)
+
+// Phase is where in the HTTP filter chain a filter runs: AUTHN, AUTHZ, STATS or UNSPECIFIED.
+type Phase string
+
+// Phases, in chain order.
+const (
+	// PhaseAuthN runs before Istio's authentication filters.
+	PhaseAuthN Phase = "AUTHN"
+	// PhaseAuthZ runs after the AUTHN filters, before Istio's authorization filters.
+	PhaseAuthZ Phase = "AUTHZ"
+	// PhaseStats runs after Istio's filters, before the UNSPECIFIED ones.
+	PhaseStats Phase = "STATS"
+	// PhaseUnspecified runs last, just before the router.
+	PhaseUnspecified Phase = "UNSPECIFIED"
+)
+
+// TrafficSelector is one direction of traffic, and optionally some ports, the filter acts on.
+type TrafficSelector struct {
+	// mode is SERVER (traffic the workload receives), CLIENT (traffic it sends) or
+	// CLIENT_AND_SERVER (both; the default).
+	// +optional
+	// +kubebuilder:validation:Enum=CLIENT;SERVER;CLIENT_AND_SERVER
+	Mode TrafficMode `json:"mode,omitempty"`
+
+	// ports restricts the selector to these port numbers; empty means every port.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=16
+	// +kubebuilder:validation:items:Minimum=1
+	// +kubebuilder:validation:items:Maximum=65535
+	Ports []int32 `json:"ports,omitempty"`
+}
+
+// TrafficMode is a direction of traffic: CLIENT, SERVER or CLIENT_AND_SERVER.
+type TrafficMode string
+
+// Traffic modes.
+const (
+	// ModeClient is traffic the workload sends.
+	ModeClient TrafficMode = "CLIENT"
+	// ModeServer is traffic the workload receives.
+	ModeServer TrafficMode = "SERVER"
+	// ModeClientAndServer is both.
+	ModeClientAndServer TrafficMode = "CLIENT_AND_SERVER"
+)
+
+// VMConfig configures a filter's Wasm VM.
+type VMConfig struct {
+	// env are the environment variables the filter's VM sees (WASI environ), as Envoy's
+	// vm_config.environment_variables: a value given inline, or the value of the proxy's own
+	// environment variable of that name (valueFrom HOST).
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=64
+	Env []EnvVar `json:"env,omitempty"`
+}
+
+// EnvVar is one environment variable of a filter's VM.
+// +kubebuilder:validation:XValidation:rule="!has(self.valueFrom) || self.valueFrom != 'HOST' || !has(self.value)",message="value must be empty when valueFrom is HOST: the value is the proxy's own"
+type EnvVar struct {
+	// name of the variable.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="!self.contains('=')",message="must not contain '='"
+	Name string `json:"name"`
+
+	// valueFrom is INLINE (the default: value below) or HOST (the proxy's environment
+	// variable of the same name).
+	// +optional
+	// +kubebuilder:validation:Enum=INLINE;HOST
+	ValueFrom EnvValueSource `json:"valueFrom,omitempty"`
+
+	// value is the variable's value when valueFrom is INLINE.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	Value string `json:"value,omitempty"`
+}
+
+// EnvValueSource says where an EnvVar's value comes from: INLINE or HOST.
+type EnvValueSource string
+
+// Value sources.
+const (
+	// EnvInline takes the value from the EnvVar.
+	EnvInline EnvValueSource = "INLINE"
+	// EnvHost takes the proxy's own environment variable of the same name.
+	EnvHost EnvValueSource = "HOST"
+)
 
 // ImageVerification names the public keys one of which must have signed the image.
 type ImageVerification struct {

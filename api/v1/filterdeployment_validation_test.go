@@ -122,6 +122,24 @@ func TestValidSpecsAreAccepted(t *testing.T) {
 			"    config: {'@type': type.googleapis.com/google.protobuf.Struct, value: {header: x-a, n: 2}}\n",
 		"BytesValue config": validDeployment + "  filter:\n    image: registry.example.com/f:v1\n" +
 			"    config: {'@type': type.googleapis.com/google.protobuf.BytesValue, value: aGVsbG8=}\n",
+		"plain object config": validDeployment + "  filter:\n    image: registry.example.com/f:v1\n" +
+			"    config: {header: {name: hello, value: world}, value: not an Any}\n",
+		"WasmPlugin controls": validDeployment + `  filter:
+    image: registry.example.com/f:v1
+    match:
+    - mode: SERVER
+      ports: [9080, 9443]
+    - mode: CLIENT
+    failStrategy: FailOpen
+    phase: AUTHZ
+    priority: -1000
+    vmConfig:
+      env:
+      - name: GREETING
+        value: hello
+      - name: POD_NAME
+        valueFrom: HOST
+`,
 		"lower-case kind":  "  deployment:\n    istio:\n      kind: daemonset\n  filter:\n    image: f\n",
 		"upper-case kind":  "  deployment:\n    istio:\n      kind: STATEFULSET\n  filter:\n    image: f\n",
 		"kind defaulted":   "  deployment:\n    istio: {}\n  filter:\n    image: f\n",
@@ -186,7 +204,17 @@ func TestInvalidSpecsAreRefused(t *testing.T) {
 		{"config a number", validDeployment + "  filter:\n    image: f\n    config: 42\n", []string{"spec.filter.config must be a string or an object"}},
 		{"config a list", validDeployment + "  filter:\n    image: f\n    config: [a]\n", []string{"spec.filter.config must be a string or an object"}},
 		{"config a boolean", validDeployment + "  filter:\n    image: f\n    config: true\n", []string{"spec.filter.config must be a string or an object"}},
-		{"config without @type", validDeployment + "  filter:\n    image: f\n    config: {value: x}\n", []string{`spec.filter.config["@type"] must be one of`}},
+		{"config @type not a string", validDeployment + "  filter:\n    image: f\n    config: {'@type': 1, value: x}\n", []string{`spec.filter.config["@type"] must be one of`}},
+		{"match with patchContext", validDeployment + "  filter:\n    image: f\n    patchContext: inbound\n    match: [{mode: SERVER}]\n", []string{"patchContext and match are exclusive"}},
+		{"unknown match mode", validDeployment + "  filter:\n    image: f\n    match: [{mode: INBOUND}]\n", []string{"spec.filter.match[0].mode", `supported values: "CLIENT", "SERVER", "CLIENT_AND_SERVER"`}},
+		{"port out of range", validDeployment + "  filter:\n    image: f\n    match: [{ports: [9080, 70000]}]\n", []string{"spec.filter.match[0].ports[1]", "less than or equal to 65535"}},
+		{"port zero", validDeployment + "  filter:\n    image: f\n    match: [{ports: [0]}]\n", []string{"spec.filter.match[0].ports[0]", "greater than or equal to 1"}},
+		{"unknown phase", validDeployment + "  filter:\n    image: f\n    phase: LAST\n", []string{"spec.filter.phase", `supported values: "AUTHN", "AUTHZ", "STATS", "UNSPECIFIED"`}},
+		{"priority out of range", validDeployment + "  filter:\n    image: f\n    priority: 1001\n", []string{"spec.filter.priority", "less than or equal to 1000"}},
+		{"unknown fail strategy", validDeployment + "  filter:\n    image: f\n    failStrategy: FailSometimes\n", []string{"spec.filter.failStrategy", `supported values: "FailClose", "FailOpen", "FailReload"`}},
+		{"env with both value and host source", validDeployment + "  filter:\n    image: f\n    vmConfig:\n      env: [{name: A, valueFrom: HOST, value: x}]\n", []string{"spec.filter.vmConfig.env[0]", "value must be empty when valueFrom is HOST"}},
+		{"env name with =", validDeployment + "  filter:\n    image: f\n    vmConfig:\n      env: [{name: 'A=B', value: x}]\n", []string{"spec.filter.vmConfig.env[0].name", "must not contain '='"}},
+		{"env name twice", validDeployment + "  filter:\n    image: f\n    vmConfig:\n      env: [{name: A, value: x}, {name: A, value: y}]\n", []string{"spec.filter.vmConfig.env[1]", "Duplicate value"}},
 		{"config unknown @type", validDeployment + "  filter:\n    image: f\n    config: {'@type': type.googleapis.com/foo.Bar, value: x}\n", []string{`spec.filter.config["@type"] must be one of`}},
 		{"config extra key", validDeployment + "  filter:\n    image: f\n    config: {'@type': type.googleapis.com/google.protobuf.StringValue, value: x, other: y}\n", []string{`may only have the keys "@type" and "value"`}},
 		{"config value of wrong type", validDeployment + "  filter:\n    image: f\n    config: {'@type': type.googleapis.com/google.protobuf.StringValue, value: {a: b}}\n", []string{"spec.filter.config.value must be a string"}},

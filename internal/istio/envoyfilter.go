@@ -101,7 +101,31 @@ type Filter struct {
 	// ModuleURL, when set, is where istio-agent fetches the module over HTTP (the node-local
 	// cache), and the filter is delivered over ECDS instead of loading CacheDir's file.
 	ModuleURL string
+	// Placements, when set, replace Context: one insertion each, in its context and, for a
+	// non-zero Port, on that port only.
+	Placements []Placement
+	// Phase places the filter among Istio's own filters; empty is UNSPECIFIED.
+	Phase wasmev1.Phase
+	// Priority, when set, is the EnvoyFilter's spec.priority, the order in which istiod
+	// applies it among the EnvoyFilters of the workload (see ChainPriority).
+	Priority *int32
+	// FailStrategy is spec.filter.failStrategy; empty is FailClose.
+	FailStrategy wasmev1.FailStrategy
+	// FailurePolicy says the proxies read Envoy's failure_policy (Istio 1.23 on); otherwise
+	// FailOpen is the older fail_open and FailReload cannot be expressed.
+	FailurePolicy bool
+	// Env are the VM's environment variables.
+	Env []wasmev1.EnvVar
 }
+
+// Placement is one insertion point of a filter: an EnvoyFilter match context and a port (0: any).
+type Placement struct {
+	Context string
+	Port    uint32
+}
+
+// FailurePolicySince is the first Istio whose Envoy reads the Wasm failure_policy.
+var FailurePolicySince = Version{1, 23}
 
 // ModuleURL is the node cache's address for a module, given the cache Service's base URL
 // ("http://wasme-cache.wasme.svc:9979").
@@ -137,16 +161,21 @@ func BuildECDSEnvoyFilter(f Filter) (*networkingv1alpha3.EnvoyFilter, error) {
 	filterRef, err := structpb.NewStruct(map[string]any{
 		"name": name,
 		"config_discovery": map[string]any{
-			"config_source": map[string]any{"ads": map[string]any{}},
+			// As istiod's own WasmPlugins: Envoy waits for the extension config before the
+			// listener serves, and accepts the RBAC filter istio-agent puts in its place when
+			// it cannot fetch the module (allow-all or deny-all, by the fail strategy).
+			"config_source": map[string]any{"ads": map[string]any{}, "initial_fetch_timeout": "0s"},
 			"type_urls":     []any{WasmTypeURL, RBACTypeURL},
 		},
 	})
 	if err != nil {
 		return nil, err
 	}
-	ext := ef.Spec.ConfigPatches[0].Patch.Value
+	ext := proto.Clone(ef.Spec.ConfigPatches[0].Patch.Value).(*structpb.Struct)
 	ext.Fields["name"] = structpb.NewStringValue(name)
-	ef.Spec.ConfigPatches[0].Patch.Value = filterRef
+	for _, cp := range ef.Spec.ConfigPatches {
+		cp.Patch.Value = proto.Clone(filterRef).(*structpb.Struct)
+	}
 	ef.Spec.ConfigPatches = append([]*apinetworking.EnvoyFilter_EnvoyConfigObjectPatch{{
 		ApplyTo: apinetworking.EnvoyFilter_EXTENSION_CONFIG,
 		Patch:   &apinetworking.EnvoyFilter_Patch{Operation: apinetworking.EnvoyFilter_Patch_ADD, Value: ext},
@@ -170,10 +199,10 @@ func BuildEnvoyFilter(f Filter) (*networkingv1alpha3.EnvoyFilter, error) {
 	if !wasmev1.IsSHA256Hex(f.ModuleSHA256) {
 		return nil, fmt.Errorf("module digest %q is not a sha256 hex string", f.ModuleSHA256)
 	}
-	ctx, ok := apinetworking.EnvoyFilter_PatchContext_value[f.Context]
-	if !ok {
-		return nil, fmt.Errorf("unknown patch context %q", f.Context)
+	if err := CheckControls(f); err != nil {
+		return nil, err
 	}
+	before := !headOfChain(f.Phase)
 	value, err := patchValue(f)
 	if err != nil {
 		return nil, err
@@ -196,40 +225,103 @@ func BuildEnvoyFilter(f Filter) (*networkingv1alpha3.EnvoyFilter, error) {
 		ef.OwnerReferences = []metav1.OwnerReference{*f.Owner}
 	}
 	ef.Spec.WorkloadSelector = &apinetworking.WorkloadSelector{Labels: maps.Clone(f.WorkloadLabels)}
-	ef.Spec.ConfigPatches = []*apinetworking.EnvoyFilter_EnvoyConfigObjectPatch{{
-		ApplyTo: apinetworking.EnvoyFilter_HTTP_FILTER,
-		Match: &apinetworking.EnvoyFilter_EnvoyConfigObjectMatch{
-			Context: apinetworking.EnvoyFilter_PatchContext(ctx),
-			ObjectTypes: &apinetworking.EnvoyFilter_EnvoyConfigObjectMatch_Listener{
-				Listener: &apinetworking.EnvoyFilter_ListenerMatch{
-					FilterChain: &apinetworking.EnvoyFilter_ListenerMatch_FilterChainMatch{
-						Filter: &apinetworking.EnvoyFilter_ListenerMatch_FilterMatch{
-							Name:      hcm,
-							SubFilter: &apinetworking.EnvoyFilter_ListenerMatch_SubFilterMatch{Name: router},
-						},
+	if f.Priority != nil {
+		ef.Spec.Priority = *f.Priority
+	}
+	placements := f.Placements
+	if len(placements) == 0 {
+		placements = []Placement{{Context: f.Context}}
+	}
+	for _, pl := range placements {
+		ctx, ok := apinetworking.EnvoyFilter_PatchContext_value[pl.Context]
+		if !ok {
+			return nil, fmt.Errorf("unknown patch context %q", pl.Context)
+		}
+		match := &apinetworking.EnvoyFilter_ListenerMatch_FilterMatch{Name: hcm}
+		op := apinetworking.EnvoyFilter_Patch_INSERT_FIRST
+		if before {
+			match.SubFilter = &apinetworking.EnvoyFilter_ListenerMatch_SubFilterMatch{Name: router}
+			op = apinetworking.EnvoyFilter_Patch_INSERT_BEFORE
+		}
+		ef.Spec.ConfigPatches = append(ef.Spec.ConfigPatches, &apinetworking.EnvoyFilter_EnvoyConfigObjectPatch{
+			ApplyTo: apinetworking.EnvoyFilter_HTTP_FILTER,
+			Match: &apinetworking.EnvoyFilter_EnvoyConfigObjectMatch{
+				Context: apinetworking.EnvoyFilter_PatchContext(ctx),
+				ObjectTypes: &apinetworking.EnvoyFilter_EnvoyConfigObjectMatch_Listener{
+					Listener: &apinetworking.EnvoyFilter_ListenerMatch{
+						PortNumber:  pl.Port,
+						FilterChain: &apinetworking.EnvoyFilter_ListenerMatch_FilterChainMatch{Filter: match},
 					},
 				},
 			},
-		},
-		Patch: &apinetworking.EnvoyFilter_Patch{
-			Operation: apinetworking.EnvoyFilter_Patch_INSERT_BEFORE,
-			Value:     value,
-		},
-	}}
+			Patch: &apinetworking.EnvoyFilter_Patch{Operation: op, Value: proto.Clone(value).(*structpb.Struct)},
+		})
+	}
 	return ef, nil
 }
 
+// CheckControls refuses the placement and failure settings of f that its Istio (f.Shape,
+// f.FailurePolicy) cannot express. The operator calls it as soon as it knows the version, so
+// such a spec stalls before anything is fetched or written.
+func CheckControls(f Filter) error {
+	if headOfChain(f.Phase) && f.Shape != TypedShape {
+		return fmt.Errorf("phase %s needs Istio 1.10 or later", f.Phase)
+	}
+	if f.Priority != nil && f.Shape != TypedShape {
+		return fmt.Errorf("EnvoyFilter priorities need Istio 1.10 or later")
+	}
+	switch f.FailStrategy {
+	case "", wasmev1.FailClose, wasmev1.FailOpen:
+	case wasmev1.FailReload:
+		if !f.FailurePolicy {
+			return fmt.Errorf("failStrategy FailReload needs Istio %s or later", FailurePolicySince)
+		}
+	default:
+		return fmt.Errorf("unknown failStrategy %q, must be one of FailClose, FailOpen, FailReload", f.FailStrategy)
+	}
+	return nil
+}
+
+// headOfChain tells whether a phase's filters go first in the HTTP filter chain (AUTHN,
+// AUTHZ), rather than just before the router (STATS, UNSPECIFIED). The head and the router
+// are the only places every HTTP connection manager istiod builds has: an anchor on one of
+// Istio's authn, RBAC or stats filters would drop the filter from chains without that filter.
+func headOfChain(p wasmev1.Phase) bool { return p == wasmev1.PhaseAuthN || p == wasmev1.PhaseAuthZ }
+
 // WasmFilter is the v3 Wasm filter config, validated.
 func WasmFilter(f Filter) (*wasmv3.Wasm, error) {
+	vm := &wasmextv3.VmConfig{VmId: f.ID, Runtime: V8Runtime, Code: code(f)}
+	if len(f.Env) > 0 {
+		ev := &wasmextv3.EnvironmentVariables{}
+		for _, e := range f.Env {
+			if e.ValueFrom == wasmev1.EnvHost {
+				ev.HostEnvKeys = append(ev.HostEnvKeys, e.Name)
+				continue
+			}
+			if ev.KeyValues == nil {
+				ev.KeyValues = map[string]string{}
+			}
+			ev.KeyValues[e.Name] = e.Value
+		}
+		vm.EnvironmentVariables = ev
+	}
 	w := &wasmv3.Wasm{Config: &wasmextv3.PluginConfig{
 		Name:   f.ID,
 		RootId: f.RootID,
-		Vm: &wasmextv3.PluginConfig_VmConfig{VmConfig: &wasmextv3.VmConfig{
-			VmId:    f.ID,
-			Runtime: V8Runtime,
-			Code:    code(f),
-		}},
+		Vm:     &wasmextv3.PluginConfig_VmConfig{VmConfig: vm},
 	}}
+	switch f.FailStrategy {
+	case "", wasmev1.FailClose:
+		// Envoy's default; left out so that configs without a strategy stay as they were.
+	case wasmev1.FailOpen:
+		if f.FailurePolicy {
+			w.Config.FailurePolicy = wasmextv3.FailurePolicy_FAIL_OPEN
+		} else {
+			w.Config.FailOpen = true //nolint:staticcheck // SA1019: what proxies before Istio 1.23 read
+		}
+	case wasmev1.FailReload:
+		w.Config.FailurePolicy = wasmextv3.FailurePolicy_FAIL_RELOAD
+	}
 	if len(f.Config.Value) > 0 {
 		cfg, err := configAny(f.Config)
 		if err != nil {
@@ -337,4 +429,54 @@ func toMap(m proto.Message) (map[string]any, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// ChainKey is what orders a FilterDeployment's filter among the others on a workload.
+type ChainKey struct {
+	// Phase is spec.filter.phase; empty is UNSPECIFIED.
+	Phase wasmev1.Phase
+	// Priority is spec.filter.priority (higher runs first), within [-1000, 1000].
+	Priority int32
+	// Name is the FilterDeployment's name, the tie-break.
+	Name string
+}
+
+// Bounds of the EnvoyFilter priorities ChainPriority gives out.
+const (
+	maxFilterPriority = 1000
+	maxTies           = 1000
+	phaseSpan         = (2*maxFilterPriority + 1) * maxTies
+)
+
+// ChainPriority is the EnvoyFilter priority that puts k's filter in its place among those of
+// all (the FilterDeployments of k's namespace, k included): phase first, then priority
+// (higher first), then name. istiod applies a workload's EnvoyFilters in priority order and
+// breaks ties by creation time, so each filter gets a priority of its own. Ties of phase and
+// priority are counted only among the FilterDeployments that share both, so a new one with a
+// priority of its own moves no other. Filters at the head of the chain (AUTHN, AUTHZ) are
+// inserted first-in-chain, so they are applied in reverse. All values are positive: istiod
+// applies users' EnvoyFilters of the default priority 0 before wasme's.
+func ChainPriority(k ChainKey, all []ChainKey) int32 {
+	phase := func(p wasmev1.Phase) int {
+		switch p {
+		case wasmev1.PhaseAuthN, wasmev1.PhaseStats:
+			return 0
+		}
+		return 1 // AUTHZ, UNSPECIFIED
+	}
+	pr := int(min(max(k.Priority, -maxFilterPriority), maxFilterPriority))
+	tie := 0
+	for _, o := range all {
+		if headOfChain(o.Phase) == headOfChain(k.Phase) && phase(o.Phase) == phase(k.Phase) &&
+			int(min(max(o.Priority, -maxFilterPriority), maxFilterPriority)) == pr && o.Name < k.Name {
+			tie++
+		}
+	}
+	tie = min(tie, maxTies-1)
+	// The position in the chain, counted from the head of the phase group.
+	pos := phase(k.Phase)*phaseSpan + (maxFilterPriority-pr)*maxTies + tie
+	if headOfChain(k.Phase) {
+		pos = 2*phaseSpan - 1 - pos
+	}
+	return int32(1 + pos)
 }

@@ -1,6 +1,8 @@
 package istio
 
 import (
+	"cmp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -203,6 +205,7 @@ const ecdsSpec = `configPatches:
       config_discovery:
         config_source:
           ads: {}
+          initial_fetch_timeout: 0s
         type_urls:
         - type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
         - type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
@@ -252,5 +255,177 @@ func TestBuildECDSEnvoyFilterRefuses(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestPlacementAndControls(t *testing.T) {
+	prio := int32(4001)
+	cases := map[string]struct {
+		mutate func(*Filter)
+		want   []string // substrings of the spec YAML
+		not    []string
+	}{
+		"FailClose is Envoy's default and left out": {
+			func(f *Filter) { f.FailStrategy = wasmev1.FailClose; f.FailurePolicy = true },
+			nil, []string{"failurePolicy", "failOpen"},
+		},
+		"FailOpen as failure_policy": {
+			func(f *Filter) { f.FailStrategy = wasmev1.FailOpen; f.FailurePolicy = true },
+			[]string{"failurePolicy: FAIL_OPEN"}, []string{"failOpen"},
+		},
+		"FailOpen before failure_policy": {
+			func(f *Filter) { f.FailStrategy = wasmev1.FailOpen },
+			[]string{"failOpen: true"}, []string{"failurePolicy"},
+		},
+		"FailReload": {
+			func(f *Filter) { f.FailStrategy = wasmev1.FailReload; f.FailurePolicy = true },
+			[]string{"failurePolicy: FAIL_RELOAD"}, nil,
+		},
+		"env inline and from the host": {
+			func(f *Filter) {
+				f.Env = []wasmev1.EnvVar{{Name: "A", Value: "1"}, {Name: "POD_NAME", ValueFrom: wasmev1.EnvHost}, {Name: "B", ValueFrom: wasmev1.EnvInline, Value: "x=y"}}
+			},
+			[]string{"environmentVariables:", "hostEnvKeys:\n              - POD_NAME", "keyValues:\n                A: \"1\"\n                B: x=y"}, nil,
+		},
+		"AUTHN goes first in the chain": {
+			func(f *Filter) { f.Phase = wasmev1.PhaseAuthN },
+			[]string{"operation: INSERT_FIRST", "name: envoy.filters.network.http_connection_manager\n  patch"}, []string{"subFilter", "INSERT_BEFORE"},
+		},
+		"STATS goes before the router": {
+			func(f *Filter) { f.Phase = wasmev1.PhaseStats },
+			[]string{"operation: INSERT_BEFORE", "subFilter:\n            name: envoy.filters.http.router"}, []string{"INSERT_FIRST"},
+		},
+		"priority": {
+			func(f *Filter) { f.Priority = &prio },
+			[]string{"priority: 4001"}, nil,
+		},
+		"one patch per placement, with its port": {
+			func(f *Filter) {
+				f.Placements = []Placement{{Context: "SIDECAR_INBOUND", Port: 9080}, {Context: "SIDECAR_OUTBOUND"}, {Context: "SIDECAR_OUTBOUND", Port: 80}}
+			},
+			[]string{"context: SIDECAR_INBOUND\n    listener:\n      filterChain:", "portNumber: 9080", "portNumber: 80", "context: SIDECAR_OUTBOUND"}, nil,
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			f := seedFilter(TypedShape)
+			tc.mutate(&f)
+			got := specYAML(t, f)
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("spec lacks %q:\n%s", w, got)
+				}
+			}
+			for _, n := range tc.not {
+				if strings.Contains(got, n) {
+					t.Errorf("spec has %q:\n%s", n, got)
+				}
+			}
+		})
+	}
+	f := seedFilter(TypedShape)
+	f.Placements = []Placement{{Context: "SIDECAR_INBOUND", Port: 9080}, {Context: "SIDECAR_OUTBOUND"}}
+	ef, err := BuildEnvoyFilter(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(ef.Spec.ConfigPatches); n != 2 {
+		t.Errorf("%d patches, want one per placement (2)", n)
+	}
+	f.ModuleURL = ModuleURL("http://wasme-cache.wasme.svc:9979", sha)
+	ecds, err := BuildECDSEnvoyFilter(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(ecds.Spec.ConfigPatches); n != 3 {
+		t.Fatalf("%d ECDS patches, want one extension config and one filter reference per placement (3)", n)
+	}
+	for _, cp := range ecds.Spec.ConfigPatches[1:] {
+		if got := cp.GetPatch().GetValue().GetFields()["name"].GetStringValue(); got != ExtensionConfigName(f.ID) {
+			t.Errorf("filter reference names %q, want the extension config", got)
+		}
+	}
+}
+
+func TestPlacementRefusals(t *testing.T) {
+	prio := int32(1)
+	for name, tc := range map[string]struct {
+		mutate func(*Filter)
+		want   string
+	}{
+		"FailReload without failure_policy": {func(f *Filter) { f.FailStrategy = wasmev1.FailReload }, "needs Istio 1.23 or later"},
+		"unknown fail strategy":             {func(f *Filter) { f.FailStrategy = "FailSideways" }, "unknown failStrategy"},
+		"AUTHN on Istio 1.5":                {func(f *Filter) { f.Shape = LegacyShape; f.Phase = wasmev1.PhaseAuthN }, "needs Istio 1.10"},
+		"priority on Istio 1.7":             {func(f *Filter) { f.Shape = TypedStructShape; f.Priority = &prio }, "need Istio 1.10"},
+		"unknown placement context":         {func(f *Filter) { f.Placements = []Placement{{Context: "SIDEWAYS"}} }, "unknown patch context"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := seedFilter(TypedShape)
+			tc.mutate(&f)
+			if _, err := BuildEnvoyFilter(f); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// chainOrder applies ChainPriority as istiod would: EnvoyFilters by ascending priority, each
+// inserting its filter first in the chain (AUTHN, AUTHZ) or before the router.
+func chainOrder(keys []ChainKey) []string {
+	type ef struct {
+		prio int32
+		key  ChainKey
+	}
+	var efs []ef
+	for _, k := range keys {
+		efs = append(efs, ef{ChainPriority(k, keys), k})
+	}
+	slices.SortFunc(efs, func(a, b ef) int { return cmp.Compare(a.prio, b.prio) })
+	var head, tail []string
+	for _, e := range efs {
+		if headOfChain(e.key.Phase) {
+			head = append([]string{e.key.Name}, head...)
+		} else {
+			tail = append(tail, e.key.Name)
+		}
+	}
+	return append(append(head, "<istio filters>"), tail...)
+}
+
+func TestChainPriorityOrdersByPhasePriorityName(t *testing.T) {
+	keys := []ChainKey{
+		{Phase: "", Priority: 0, Name: "u-b"},
+		{Phase: wasmev1.PhaseUnspecified, Priority: 0, Name: "u-a"},
+		{Phase: wasmev1.PhaseStats, Priority: -5, Name: "stats"},
+		{Phase: wasmev1.PhaseUnspecified, Priority: 10, Name: "u-high"},
+		{Phase: wasmev1.PhaseAuthZ, Priority: 0, Name: "authz"},
+		{Phase: wasmev1.PhaseAuthN, Priority: 0, Name: "authn-b"},
+		{Phase: wasmev1.PhaseAuthN, Priority: 0, Name: "authn-a"},
+		{Phase: wasmev1.PhaseAuthN, Priority: 1000, Name: "authn-first"},
+		{Phase: wasmev1.PhaseAuthN, Priority: -1000, Name: "authn-last"},
+	}
+	want := []string{"authn-first", "authn-a", "authn-b", "authn-last", "authz", "<istio filters>", "stats", "u-high", "u-a", "u-b"}
+	// Whatever order they come in (creation order), the chain is the same.
+	for i := range keys {
+		rotated := append(slices.Clone(keys[i:]), keys[:i]...)
+		if got := chainOrder(rotated); !slices.Equal(got, want) {
+			t.Fatalf("rotation %d: chain %v, want %v", i, got, want)
+		}
+	}
+	seen := map[int32]string{}
+	for _, k := range keys {
+		p := ChainPriority(k, keys)
+		if p <= 0 {
+			t.Errorf("%s: priority %d, want positive (after users' default-priority EnvoyFilters)", k.Name, p)
+		}
+		if o, dup := seen[p]; dup && headOfChain(k.Phase) == headOfChain(ChainKey{Name: o}.Phase) {
+			t.Errorf("%s and %s share priority %d", k.Name, o, p)
+		}
+		seen[p] = k.Name
+	}
+	// A newcomer with a priority of its own moves no other filter.
+	before := ChainPriority(keys[0], keys)
+	if after := ChainPriority(keys[0], append(slices.Clone(keys), ChainKey{Priority: 7, Name: "a-new"})); after != before {
+		t.Errorf("a new filter of another priority moved u-b from %d to %d", before, after)
 	}
 }

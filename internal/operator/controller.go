@@ -137,8 +137,9 @@ func (r *FilterDeploymentReconciler) moduleURLBase() string {
 
 // pass carries what the steps of one reconcile pass learned and later steps read.
 type pass struct {
-	// shape is the EnvoyFilter form for the Istio version reconcileIstio found.
-	shape istio.Shape
+	// version is the Istio version reconcileIstio found, and shape its EnvoyFilter form.
+	version istio.Version
+	shape   istio.Shape
 	// delivery is mount or ecds, as reconcileIstio settled it.
 	delivery wasmev1.Delivery
 	// applied are the workloads whose EnvoyFilter reconcileWorkloads wrote or found as wanted.
@@ -162,6 +163,10 @@ func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	c, err := ctrl.NewControllerManagedBy(mgr).
 		For(&wasmev1.FilterDeployment{}, builder.WithPredicates(predicate.Or(
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, deletionPredicate{}))).
+		// A FilterDeployment that comes, goes or changes phase or priority shifts the chain
+		// position of those it ties with (see istio.ChainPriority).
+		Watches(&wasmev1.FilterDeployment{}, handler.EnqueueRequestsFromMapFunc(r.tiedFilterDeployments),
+			builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Watches(&appsv1.Deployment{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&appsv1.DaemonSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
 		Watches(&appsv1.StatefulSet{}, inNamespace, builder.WithPredicates(workloadPredicate{})).
@@ -340,6 +345,28 @@ func (r *FilterDeploymentReconciler) filterDeploymentsInNamespace(ctx context.Co
 	for _, fd := range list.Items {
 		if fd.Namespace == o.GetNamespace() || fd.Spec.Deployment.Istio.IstioNamespace == o.GetNamespace() {
 			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&fd)})
+		}
+	}
+	return reqs
+}
+
+// tiedFilterDeployments maps a FilterDeployment to the others of its namespace with the same
+// phase and priority, whose EnvoyFilter priorities depend on it.
+func (r *FilterDeploymentReconciler) tiedFilterDeployments(ctx context.Context, o client.Object) []reconcile.Request {
+	changed, ok := o.(*wasmev1.FilterDeployment)
+	if !ok {
+		return nil
+	}
+	var list wasmev1.FilterDeploymentList
+	if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace())); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	k := chainKey(changed)
+	for i := range list.Items {
+		fd := &list.Items[i]
+		if ok := chainKey(fd); fd.UID != changed.UID && ok.Phase == k.Phase && ok.Priority == k.Priority {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(fd)})
 		}
 	}
 	return reqs

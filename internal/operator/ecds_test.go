@@ -20,9 +20,12 @@ func ecds(fd *wasmev1.FilterDeployment) { fd.Spec.Delivery = wasmev1.DeliveryECD
 func wantECDS(t *testing.T, fd *wasmev1.FilterDeployment, labels map[string]string) string {
 	t.Helper()
 	sha := strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:")
+	// The only FilterDeployment of its namespace.
+	key := istio.ChainKey{Phase: wasmev1.PhaseUnspecified, Name: fd.Name}
+	prio := istio.ChainPriority(key, []istio.ChainKey{key})
 	want, err := istio.BuildECDSEnvoyFilter(istio.Filter{
 		WorkloadLabels: labels, ID: fd.FilterID(), RootID: "add_header", ModuleSHA256: sha,
-		Context: "SIDECAR_INBOUND", Shape: istio.TypedShape,
+		Context: "SIDECAR_INBOUND", Shape: istio.TypedShape, Priority: &prio,
 		ModuleURL: "http://wasme-cache.wasme.svc:9979/sha256/" + sha,
 	})
 	if err != nil {

@@ -37,7 +37,7 @@ func (r *FilterDeploymentReconciler) reconcileIstio(ctx context.Context, fd *was
 			return stepResult{}, stalling(wasmev1.InvalidSpecReason, fmt.Errorf("spec.deployment.istio.istioVersion: %w", err))
 		}
 		fd.Status.IstioVersion = v.String()
-		p.shape = istio.ShapeFor(v)
+		p.version, p.shape = v, istio.ShapeFor(v)
 		return stepResult{}, r.chooseDelivery(fd, v, p)
 	}
 	ns := spec.IstioNamespace
@@ -54,7 +54,7 @@ func (r *FilterDeploymentReconciler) reconcileIstio(ctx context.Context, fd *was
 		return stepResult{}, waiting(wasmev1.IstioNotFoundReason, 0,
 			fmt.Errorf("no istiod Deployment in namespace %s: install Istio, or set spec.deployment.istio.istioNamespace or istioVersion", ns))
 	}
-	p.shape = istio.ShapeFor(v)
+	p.version, p.shape = v, istio.ShapeFor(v)
 	fd.Status.IstioVersion = v.String()
 	if !known {
 		fd.Status.IstioVersion += " (assumed)"
@@ -66,8 +66,12 @@ func (r *FilterDeploymentReconciler) reconcileIstio(ctx context.Context, fd *was
 // extension config and rewrites it to a local file (the release that brought WasmPlugin).
 var ECDSMinVersion = istio.Version{Major: 1, Minor: 12}
 
-// chooseDelivery settles spec.delivery for Istio v into the pass and the status.
+// chooseDelivery settles spec.delivery for Istio v into the pass and the status, and refuses
+// the filter controls v cannot express.
 func (r *FilterDeploymentReconciler) chooseDelivery(fd *wasmev1.FilterDeployment, v istio.Version, p *pass) error {
+	if err := istio.CheckControls(controls(fd, p)); err != nil {
+		return stalling(wasmev1.InvalidSpecReason, fmt.Errorf("on Istio %s: %w", v, err))
+	}
 	d, msg, err := deliveryFor(fd.Spec.Delivery, v)
 	if err != nil {
 		fd.Status.Delivery, fd.Status.DeliveryMessage = "", err.Error()

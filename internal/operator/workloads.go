@@ -1,6 +1,7 @@
 package operator
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -23,6 +24,7 @@ import (
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/discovery"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -154,17 +156,15 @@ func envoyFilterName(fd *wasmev1.FilterDeployment, w workload) string {
 // reconcileWorkloads patches every selected workload and gives it its EnvoyFilter. A failing
 // workload is reported and does not stop the others.
 func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd *wasmev1.FilterDeployment, p *pass) (stepResult, error) {
-	ctxName, err := fd.Spec.Filter.EnvoyPatchContext()
+	base, err := r.filterTemplate(ctx, fd, p)
 	if err != nil {
-		return stepResult{}, stalling(wasmev1.InvalidSpecReason, err)
+		return stepResult{}, err
 	}
 	selected, err := r.selectedWorkloads(ctx, fd)
 	if err != nil {
 		return stepResult{}, err
 	}
 	p.reachedWorkloads = true
-	owner := metav1.NewControllerRef(fd, wasmev1.GroupVersion.WithKind("FilterDeployment"))
-	cfg, _ := fd.Spec.Filter.DecodeConfig() // reconcileImage refused an undecodable config
 
 	// Workloads are independent: apply them a few at a time, so a namespace of hundreds does
 	// not cost hundreds of sequential round trips.
@@ -174,16 +174,12 @@ func (r *FilterDeploymentReconciler) reconcileWorkloads(ctx context.Context, fd 
 	g.SetLimit(workloadParallelism)
 	for i, w := range selected {
 		g.Go(func() error {
-			sha := strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:")
-			f := istio.Filter{
-				Name: envoyFilterName(fd, w), Namespace: fd.Namespace, WorkloadLabels: filterSelector(w),
-				ID: fd.FilterID(), RootID: fd.Status.RootID, ModuleSHA256: sha,
-				Config: cfg, Context: ctxName, Shape: p.shape, Owner: owner, CacheDir: r.cacheDir(),
-			}
+			f := base
+			f.Name, f.WorkloadLabels = envoyFilterName(fd, w), filterSelector(w)
 			if p.delivery == wasmev1.DeliveryECDS {
 				// Nothing to mount: every pod of the workload, old or new, can fetch.
 				f.WorkloadLabels = maps.Clone(w.templateLabels)
-				f.ModuleURL = istio.ModuleURL(r.moduleURLBase(), sha)
+				f.ModuleURL = istio.ModuleURL(r.moduleURLBase(), f.ModuleSHA256)
 				configured[i], errs[i] = r.applyEnvoyFilter(gctx, fd, f, w)
 				return nil
 			}
@@ -272,6 +268,79 @@ func (r *FilterDeploymentReconciler) reconcileRelease(ctx context.Context, fd *w
 		live = fd
 	}
 	return r.releaseUnselected(ctx, fd.Namespace, nil, live)
+}
+
+// filterTemplate is the part of every workload's EnvoyFilter that depends on the
+// FilterDeployment alone.
+func (r *FilterDeploymentReconciler) filterTemplate(ctx context.Context, fd *wasmev1.FilterDeployment, p *pass) (istio.Filter, error) {
+	spec := &fd.Spec.Filter
+	ctxName, err := spec.EnvoyPatchContext()
+	if err != nil {
+		return istio.Filter{}, stalling(wasmev1.InvalidSpecReason, err)
+	}
+	cfg, _ := spec.DecodeConfig() // reconcileImage refused an undecodable config
+	f := istio.Filter{
+		Namespace: fd.Namespace, ID: fd.FilterID(), RootID: fd.Status.RootID,
+		ModuleSHA256: strings.TrimPrefix(fd.Status.ModuleDigest, "sha256:"),
+		Config:       cfg, Context: ctxName, Shape: p.shape, CacheDir: r.cacheDir(),
+		Owner:      metav1.NewControllerRef(fd, wasmev1.GroupVersion.WithKind("FilterDeployment")),
+		Placements: placements(spec.Match),
+	}
+	c := controls(fd, p)
+	f.Phase, f.FailStrategy, f.FailurePolicy = c.Phase, c.FailStrategy, c.FailurePolicy
+	if spec.VMConfig != nil {
+		f.Env = spec.VMConfig.Env
+	}
+	if p.shape == istio.TypedShape {
+		// Every FilterDeployment of the namespace counts, selecting the workload or not: the
+		// order is one total order, so no pass needs to know which others share a workload.
+		var list wasmev1.FilterDeploymentList
+		if err := r.List(ctx, &list, client.InNamespace(fd.Namespace)); err != nil {
+			return istio.Filter{}, fmt.Errorf("listing FilterDeployments: %w", err)
+		}
+		keys := make([]istio.ChainKey, 0, len(list.Items))
+		for i := range list.Items {
+			if o := &list.Items[i]; o.DeletionTimestamp.IsZero() || o.UID == fd.UID {
+				keys = append(keys, chainKey(o))
+			}
+		}
+		prio := istio.ChainPriority(chainKey(fd), keys)
+		f.Priority = &prio
+	}
+	return f, nil
+}
+
+// controls is what of spec.filter an Istio version may not express (see istio.CheckControls).
+func controls(fd *wasmev1.FilterDeployment, p *pass) istio.Filter {
+	return istio.Filter{
+		Phase: fd.Spec.Filter.Phase, FailStrategy: fd.Spec.Filter.FailStrategy,
+		Shape: p.shape, FailurePolicy: !p.version.Less(istio.FailurePolicySince),
+	}
+}
+
+func chainKey(fd *wasmev1.FilterDeployment) istio.ChainKey {
+	return istio.ChainKey{Phase: cmp.Or(fd.Spec.Filter.Phase, wasmev1.PhaseUnspecified), Priority: ptr.Deref(fd.Spec.Filter.Priority, 0), Name: fd.Name}
+}
+
+// placements turns spec.filter.match into insertion points: one per direction and port.
+func placements(match []wasmev1.TrafficSelector) []istio.Placement {
+	var out []istio.Placement
+	for _, m := range match {
+		ctx := "ANY"
+		switch m.Mode {
+		case wasmev1.ModeServer:
+			ctx = "SIDECAR_INBOUND"
+		case wasmev1.ModeClient:
+			ctx = "SIDECAR_OUTBOUND"
+		}
+		if len(m.Ports) == 0 {
+			out = append(out, istio.Placement{Context: ctx})
+		}
+		for _, port := range m.Ports {
+			out = append(out, istio.Placement{Context: ctx, Port: uint32(port)}) //nolint:gosec // G115: the schema bounds ports to 1-65535
+		}
+	}
+	return out
 }
 
 // applied says what applyEnvoyFilter did: wrote the EnvoyFilter, or found it as wanted (and

@@ -50,6 +50,9 @@ type PluginConfig struct {
 	Configuration []byte
 	// VMConfiguration is handed to proxy_on_vm_start.
 	VMConfiguration []byte
+	// Env is the VM's environment, "NAME=value" entries, as Envoy builds it from
+	// vm_config.environment_variables; the filter reads it through WASI environ_get.
+	Env []string
 	// FailOpen lets traffic through, skipping the filter, when the filter fails at run time
 	// (Envoy's FAIL_OPEN). The default is FAIL_CLOSED: the stream gets a 503.
 	FailOpen bool
@@ -122,6 +125,9 @@ func NewPlugin(ctx context.Context, cfg PluginConfig) (*Plugin, error) {
 	}
 	if cfg.PauseTimeout <= 0 {
 		cfg.PauseTimeout = DefaultPauseTimeout
+	}
+	if err := checkEnv(cfg.Env); err != nil {
+		return nil, err
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -201,4 +207,28 @@ func (p *Plugin) Close(ctx context.Context) error {
 		err = p.rt.Close(context.WithoutCancel(ctx))
 	})
 	return err
+}
+
+// maxEnvBytes bounds a VM's environment, which every instance of the pool copies in on request.
+const maxEnvBytes = 64 << 10
+
+func checkEnv(env []string) error {
+	size := 0
+	for _, e := range env {
+		if name, _, ok := strings.Cut(e, "="); !ok || name == "" || strings.IndexByte(e, 0) >= 0 {
+			return fmt.Errorf("environment entry %q is not NAME=value without NUL bytes", truncateForError(e))
+		}
+		size += len(e) + 1
+	}
+	if size > maxEnvBytes {
+		return fmt.Errorf("the environment is %d bytes, more than the %d allowed", size, maxEnvBytes)
+	}
+	return nil
+}
+
+func truncateForError(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
 }

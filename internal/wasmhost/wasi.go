@@ -14,8 +14,8 @@ import (
 // WASI as Envoy provides it (proxy-wasm-cpp-host src/exports.cc, the wasi_unstable_*
 // functions, registered under both wasi_unstable and wasi_snapshot_preview1 by src/wasm.cc):
 // stdout and stderr go to the log, clocks and randomness work, everything that would touch a
-// file system or a socket answers an error. No filter sees the host's files, environment or
-// arguments.
+// file system or a socket answers an error. No filter sees the host's files or arguments; its
+// environment is what the plugin's VM config names (PluginConfig.Env), as in Envoy.
 
 // WASI errno values.
 const (
@@ -119,8 +119,14 @@ func wasiFuncs() []wasiFunc {
 		}},
 		{"fd_fdstat_set_flags", "ii", false, constErrno(errnoNosys)},
 		{"fd_fdstat_set_rights", "iII", false, func(h *hc, a []uint64) uint32 { return onlyStdio(u32(a, 0)) }},
-		{"environ_get", "ii", false, constErrno(errnoSuccess)},
-		{"environ_sizes_get", "ii", false, func(h *hc, a []uint64) uint32 { return h.zeroWords(u32(a, 0), u32(a, 1)) }},
+		{"environ_get", "ii", false, func(h *hc, a []uint64) uint32 { return h.environGet(u32(a, 0), u32(a, 1)) }},
+		{"environ_sizes_get", "ii", false, func(h *hc, a []uint64) uint32 {
+			n, size := h.environSizes()
+			if !h.mem.WriteUint32Le(u32(a, 0), n) || !h.mem.WriteUint32Le(u32(a, 1), size) {
+				return errnoFault
+			}
+			return errnoSuccess
+		}},
 		{"args_get", "ii", false, constErrno(errnoSuccess)},
 		{"args_sizes_get", "ii", false, func(h *hc, a []uint64) uint32 { return h.zeroWords(u32(a, 0), u32(a, 1)) }},
 		{"clock_time_get", "iIi", false, func(h *hc, a []uint64) uint32 {
@@ -231,7 +237,28 @@ var monoStart = time.Now()
 
 func monotonicNanos() int64 { return int64(time.Since(monoStart)) + 1 }
 
-// zeroWords writes 0 to two u32 out-pointers (no environment, no arguments).
+// environSizes is the count of the VM's environment entries and the bytes they take, each
+// "NAME=value" NUL-terminated.
+func (h *hc) environSizes() (n, size uint32) {
+	for _, e := range h.in.p.cfg.Env {
+		size += uint32(len(e)) + 1 //nolint:gosec // G115: NewPlugin bounds the environment
+	}
+	return uint32(len(h.in.p.cfg.Env)), size //nolint:gosec // G115: likewise
+}
+
+// environGet writes the environment as WASI lays it out: a pointer per entry at environ,
+// the NUL-terminated entries from buf on.
+func (h *hc) environGet(environ, buf uint32) uint32 {
+	for i, e := range h.in.p.cfg.Env {
+		if !h.mem.WriteUint32Le(environ+4*uint32(i), buf) || !h.mem.WriteString(buf, e) || !h.mem.WriteByte(buf+uint32(len(e)), 0) { //nolint:gosec // G115: bounded by NewPlugin
+			return errnoFault
+		}
+		buf += uint32(len(e)) + 1 //nolint:gosec // G115: likewise
+	}
+	return errnoSuccess
+}
+
+// zeroWords writes 0 to two u32 out-pointers (no arguments).
 func (h *hc) zeroWords(p1, p2 uint32) uint32 {
 	if !h.mem.WriteUint32Le(p1, 0) || !h.mem.WriteUint32Le(p2, 0) {
 		return errnoFault

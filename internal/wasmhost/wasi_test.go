@@ -142,3 +142,37 @@ func toString(v any) string {
 	}
 	return ""
 }
+
+// TestEnviron: the VM's environment reaches the guest through WASI as Envoy gives it from
+// vm_config.environment_variables; Go's runtime reads it at start-up, so the probe's
+// proxy_on_configure sees it with syscall.Getenv.
+func TestEnviron(t *testing.T) {
+	for name, tc := range map[string]struct {
+		env     []string
+		config  string
+		wantErr string
+	}{
+		"set":                {env: []string{"A=1", "POD=details-v1"}, config: "env:POD=details-v1"},
+		"value with =":       {env: []string{"K=x=y"}, config: "env:K=x=y"},
+		"empty value":        {env: []string{"E="}, config: "env:E="},
+		"absent":             {env: []string{"A=1"}, config: "env:POD=details-v1", wantErr: "configur"},
+		"no environment":     {config: "env:A=1", wantErr: "configur"},
+		"entry without =":    {env: []string{"A"}, config: "x", wantErr: "not NAME=value"},
+		"entry without name": {env: []string{"=1"}, config: "x", wantErr: "not NAME=value"},
+		"NUL byte":           {env: []string{"A=\x00"}, config: "x", wantErr: "not NAME=value"},
+		"too large":          {env: []string{"A=" + strings.Repeat("x", maxEnvBytes)}, config: "x", wantErr: "more than the 65536 allowed"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p, err := NewPlugin(context.Background(), PluginConfig{Module: probe(t), Name: "env", Configuration: []byte(tc.config), Env: tc.env, PoolSize: 1})
+			if err == nil {
+				defer p.Close(context.Background())
+			}
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("NewPlugin: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("NewPlugin err = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}

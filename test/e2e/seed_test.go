@@ -207,16 +207,16 @@ func TestSeedWalkthrough(t *testing.T) {
 	}
 }
 
-// TestTwoFilterDeployments puts two filters on details-v1. Order (docs/e2e.md): istiod
-// applies EnvoyFilters oldest first (creation time, then name), each inserting its filter
-// just before the router, so the chain holds them in the order their EnvoyFilters were
-// created; request callbacks run in chain order, response callbacks in reverse. Deleting one
-// leaves the other running.
-func TestTwoFilterDeployments(t *testing.T) {
+// TestFilterOrder puts three filters on details-v1, created in the opposite of their chain
+// order (docs/api.md, "Order"): phase first (AUTHN at the head of the chain, before Istio's own
+// filters; UNSPECIFIED just before the router), then priority, then name, never creation time.
+// Request callbacks run in chain order, response callbacks in reverse. Deleting one leaves the
+// others running.
+func TestFilterOrder(t *testing.T) {
 	ctx := context.Background()
 	p := sidecar(t)
 	push(t, "filters/custom-header:v1")
-	fdYAML := func(name, value string) string {
+	fdYAML := func(name, value, phase string) string {
 		return fmt.Sprintf(`apiVersion: wasme.io/v1
 kind: FilterDeployment
 metadata:
@@ -231,32 +231,42 @@ spec:
   filter:
     image: %s/filters/custom-header:v1
     config: '{"name":"x-order","value":"%s"}'
-`, name, cluster.Registry.Host, value)
+    phase: %s
+`, name, cluster.Registry.Host, value, phase)
 	}
-	// a before b, by creation and, should they share a second, by name.
-	applyFD(t, fdYAML("filter-a", "a"))
-	eventually(t, "filter-a Ready", func() (bool, string) { return readyFD(t, "filter-a") })
-	applyFD(t, fdYAML("filter-b", "b"))
-	c := waitChain(t, p, "both filters", func(c *xdsproxy.Chain) bool { return len(c.Wasm) == 2 })
-	if got, want := wasmNames(c), []string{"filter-a.bookinfo", "filter-b.bookinfo"}; !slices.Equal(got, want) {
+	for _, fd := range [][3]string{{"filter-b", "b", "UNSPECIFIED"}, {"filter-a", "a", "UNSPECIFIED"}, {"filter-z", "z", "AUTHN"}} {
+		applyFD(t, fdYAML(fd[0], fd[1], fd[2]))
+		eventually(t, fd[0]+" Ready", func() (bool, string) { return readyFD(t, fd[0]) })
+	}
+	c := waitChain(t, p, "three filters", func(c *xdsproxy.Chain) bool { return len(c.Wasm) == 3 })
+	if got, want := wasmNames(c), []string{"filter-z.bookinfo", "filter-a.bookinfo", "filter-b.bookinfo"}; !slices.Equal(got, want) {
 		t.Errorf("chain order %v, want %v", got, want)
 	}
-	// Response headers pass b first, then a: each appends its value.
-	if got := get(t, p).Values("x-order"); !slices.Equal(got, []string{"b", "a"}) {
-		t.Errorf("x-order = %q, want [b a] (b's response callback runs first)", got)
+	// Where istiod put them among its own filters: the AUTHN one first of all, the others just
+	// before the router.
+	const wasm = "envoy.filters.http.wasm"
+	f := c.HTTPFilters
+	if n := len(f); n < 5 || f[0] != wasm || f[1] == wasm || f[n-3] != wasm || f[n-2] != wasm || f[n-1] != "envoy.filters.http.router" {
+		t.Errorf("HTTP filters %v: want a Wasm filter first, then Istio's, then two Wasm filters and the router", f)
+	}
+	// Response headers pass b first, then a, then z: each appends its value.
+	if got := get(t, p).Values("x-order"); !slices.Equal(got, []string{"b", "a", "z"}) {
+		t.Errorf("x-order = %q, want [b a z] (response callbacks in reverse chain order)", got)
 	}
 	if err := cluster.Client.Delete(ctx, getFD(t, "filter-a")); err != nil {
 		t.Fatal(err)
 	}
-	c = waitChain(t, p, "only filter-b", func(c *xdsproxy.Chain) bool { return len(c.Wasm) == 1 })
-	if got := wasmNames(c); !slices.Equal(got, []string{"filter-b.bookinfo"}) {
+	c = waitChain(t, p, "filter-a gone", func(c *xdsproxy.Chain) bool { return len(c.Wasm) == 2 })
+	if got := wasmNames(c); !slices.Equal(got, []string{"filter-z.bookinfo", "filter-b.bookinfo"}) {
 		t.Errorf("after deleting filter-a the chain runs %v", got)
 	}
-	if got := get(t, p).Values("x-order"); !slices.Equal(got, []string{"b"}) {
-		t.Errorf("x-order = %q after deleting filter-a, want [b]", got)
+	if got := get(t, p).Values("x-order"); !slices.Equal(got, []string{"b", "z"}) {
+		t.Errorf("x-order = %q after deleting filter-a, want [b z]", got)
 	}
-	if err := cluster.Client.Delete(ctx, getFD(t, "filter-b")); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"filter-b", "filter-z"} {
+		if err := cluster.Client.Delete(ctx, getFD(t, name)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	waitChain(t, p, "no Wasm filters", func(c *xdsproxy.Chain) bool { return len(c.Wasm) == 0 })
 }

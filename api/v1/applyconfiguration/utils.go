@@ -34,6 +34,8 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 	// Group=wasme.io, Version=v1
 	case v1.SchemeGroupVersion.WithKind("DeploymentSpec"):
 		return &apiv1.DeploymentSpecApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("EnvVar"):
+		return &apiv1.EnvVarApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("FilterDeployment"):
 		return &apiv1.FilterDeploymentApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("FilterDeploymentSpec"):
@@ -66,8 +68,12 @@ func ForKind(kind schema.GroupVersionKind) interface{} {
 		return &apiv1.NodeCacheStatusApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("PodProxyStatus"):
 		return &apiv1.PodProxyStatusApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("TrafficSelector"):
+		return &apiv1.TrafficSelectorApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("VerifiedSignature"):
 		return &apiv1.VerifiedSignatureApplyConfiguration{}
+	case v1.SchemeGroupVersion.WithKind("VMConfig"):
+		return &apiv1.VMConfigApplyConfiguration{}
 	case v1.SchemeGroupVersion.WithKind("WorkloadStatus"):
 		return &apiv1.WorkloadStatusApplyConfiguration{}
 

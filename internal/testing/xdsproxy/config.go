@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -58,8 +59,11 @@ type WasmFilter struct {
 	// proxy_on_vm_start, decoded as Envoy does (StringValue and BytesValue as their value,
 	// Struct as JSON).
 	Configuration, VMConfiguration []byte
-	// FailOpen is config.fail_open.
+	// FailOpen is config.fail_open, or config.failure_policy FAIL_OPEN.
 	FailOpen bool
+	// Env is the VM's environment from vm_config.environment_variables, "NAME=value" sorted
+	// by name: key_values, and host_env_keys present in this process's environment.
+	Env []string
 	// Module is the .wasm bytes.
 	Module []byte
 }
@@ -390,8 +394,26 @@ func loadWasm(w *wasmv3.Wasm, resolve ModuleResolver) (*WasmFilter, error) {
 		// fail_open is deprecated for failure_policy, but Envoy still honours it and a
 		// control plane may send either.
 		FailOpen: pc.GetFailOpen() || pc.GetFailurePolicy() == wasmextv3.FailurePolicy_FAIL_OPEN, //nolint:staticcheck // SA1019, see above
+		Env:      vmEnv(vm.GetEnvironmentVariables()),
 		Module:   mod,
 	}, nil
+}
+
+// vmEnv builds a VM's environment as Envoy does: the inline key_values, and each of
+// host_env_keys the proxy's own environment has (Envoy skips those it lacks).
+func vmEnv(ev *wasmextv3.EnvironmentVariables) []string {
+	env := map[string]string{}
+	for _, k := range ev.GetHostEnvKeys() {
+		if v, ok := os.LookupEnv(k); ok {
+			env[k] = v
+		}
+	}
+	maps.Copy(env, ev.GetKeyValues())
+	var out []string
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		out = append(out, k+"="+env[k])
+	}
+	return out
 }
 
 // configBytes is what Envoy hands a plugin for an Any configuration: the value of a

@@ -390,7 +390,7 @@ func StartPlugins(ctx context.Context, filters []WasmFilter, cache *wasmhost.Cac
 	for _, w := range filters {
 		pl, err := wasmhost.NewPlugin(ctx, wasmhost.PluginConfig{
 			Module: w.Module, Name: w.Name, RootID: w.RootID, VMID: w.VMID,
-			Configuration: w.Configuration, VMConfiguration: w.VMConfiguration,
+			Configuration: w.Configuration, VMConfiguration: w.VMConfiguration, Env: w.Env,
 			FailOpen: w.FailOpen, Cache: cache, Logger: log,
 			Properties: map[string][]byte{"node.id": []byte(nodeID)},
 		})

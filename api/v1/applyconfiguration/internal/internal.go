@@ -231,6 +231,22 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: istio
       type:
         namedType: io.wasme.wasme.api.v1.IstioDeploymentSpec
+- name: io.wasme.wasme.api.v1.EnvValueSource
+  scalar: string
+- name: io.wasme.wasme.api.v1.EnvVar
+  map:
+    fields:
+    - name: name
+      type:
+        scalar: string
+    - name: value
+      type:
+        scalar: string
+    - name: valueFrom
+      type:
+        namedType: io.wasme.wasme.api.v1.EnvValueSource
+- name: io.wasme.wasme.api.v1.FailStrategy
+  scalar: string
 - name: io.wasme.wasme.api.v1.FilterDeployment
   map:
     fields:
@@ -367,6 +383,9 @@ var schemaYAML = typed.YAMLObject(`types:
           elementType:
             namedType: __untyped_deduced_
           elementRelationship: separable
+    - name: failStrategy
+      type:
+        namedType: io.wasme.wasme.api.v1.FailStrategy
     - name: id
       type:
         scalar: string
@@ -376,15 +395,30 @@ var schemaYAML = typed.YAMLObject(`types:
     - name: imagePullOptions
       type:
         namedType: io.wasme.wasme.api.v1.ImagePullOptions
+    - name: match
+      type:
+        list:
+          elementType:
+            namedType: io.wasme.wasme.api.v1.TrafficSelector
+          elementRelationship: atomic
     - name: patchContext
       type:
         scalar: string
+    - name: phase
+      type:
+        namedType: io.wasme.wasme.api.v1.Phase
+    - name: priority
+      type:
+        scalar: numeric
     - name: rootID
       type:
         scalar: string
     - name: verify
       type:
         namedType: io.wasme.wasme.api.v1.ImageVerification
+    - name: vmConfig
+      type:
+        namedType: io.wasme.wasme.api.v1.VMConfig
 - name: io.wasme.wasme.api.v1.ImagePullOptions
   map:
     fields:
@@ -520,6 +554,8 @@ var schemaYAML = typed.YAMLObject(`types:
           elementRelationship: associative
           keys:
           - digest
+- name: io.wasme.wasme.api.v1.Phase
+  scalar: string
 - name: io.wasme.wasme.api.v1.PodProxyStatus
   map:
     fields:
@@ -534,6 +570,31 @@ var schemaYAML = typed.YAMLObject(`types:
         namedType: io.wasme.wasme.api.v1.ProxyState
 - name: io.wasme.wasme.api.v1.ProxyState
   scalar: string
+- name: io.wasme.wasme.api.v1.TrafficMode
+  scalar: string
+- name: io.wasme.wasme.api.v1.TrafficSelector
+  map:
+    fields:
+    - name: mode
+      type:
+        namedType: io.wasme.wasme.api.v1.TrafficMode
+    - name: ports
+      type:
+        list:
+          elementType:
+            scalar: numeric
+          elementRelationship: associative
+- name: io.wasme.wasme.api.v1.VMConfig
+  map:
+    fields:
+    - name: env
+      type:
+        list:
+          elementType:
+            namedType: io.wasme.wasme.api.v1.EnvVar
+          elementRelationship: associative
+          keys:
+          - name
 - name: io.wasme.wasme.api.v1.VerifiedSignature
   map:
     fields:

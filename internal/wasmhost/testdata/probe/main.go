@@ -6,6 +6,8 @@
 package main
 
 import (
+	"strings"
+	"syscall"
 	"unsafe"
 )
 
@@ -230,6 +232,14 @@ func onConfigure(id, size uint32) uint32 {
 		}
 	case "tick":
 		proxySetTickPeriodMilliseconds(1)
+	}
+	// "env:NAME=value" accepts the configuration only if the VM's environment, which Go's
+	// runtime read through WASI environ_get at start-up, has NAME set to value.
+	if want, ok := strings.CutPrefix(config, "env:"); ok {
+		name, value, _ := strings.Cut(want, "=")
+		if got, found := syscall.Getenv(name); !found || got != value {
+			return 0
+		}
 	}
 	return 1
 }

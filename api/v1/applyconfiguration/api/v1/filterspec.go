@@ -20,6 +20,7 @@ package v1
 
 import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiv1 "wasme.io/wasme/api/v1"
 )
 
 // FilterSpecApplyConfiguration represents a declarative configuration of the FilterSpec type for use
@@ -36,8 +37,9 @@ type FilterSpecApplyConfiguration struct {
 	// Tags are resolved to a digest by the operator and re-resolved periodically, so a re-pushed
 	// tag rolls out; a digest pins the module.
 	Image *string `json:"image,omitempty"`
-	// config is passed to the filter's proxy_on_configure. Either a plain string, delivered to
-	// the filter as is, or the protobuf Any form {"@type": "type.googleapis.com/google.protobuf.StringValue",
+	// config is passed to the filter's proxy_on_configure. A plain string is delivered as is;
+	// an object without "@type" is delivered as its JSON text (as Istio's WasmPlugin delivers
+	// pluginConfig); or the protobuf Any form {"@type": "type.googleapis.com/google.protobuf.StringValue",
 	// "value": "..."}; "@type" may also be google.protobuf.BytesValue (value in base64) or
 	// google.protobuf.Struct (value an object, delivered as JSON).
 	Config *apiextensionsv1.JSON `json:"config,omitempty"`
@@ -56,6 +58,32 @@ type FilterSpecApplyConfiguration struct {
 	// to before it pulls the module; an image without such a signature is refused and nothing
 	// reaches the nodes. A FilterPolicy may require signatures too: then both must hold.
 	Verify *ImageVerificationApplyConfiguration `json:"verify,omitempty"`
+	// match restricts the filter to traffic of one direction and to some ports, as Istio's
+	// WasmPlugin does: mode SERVER is the workload's inbound traffic, CLIENT its outbound,
+	// CLIENT_AND_SERVER (the default) both, including gateways; ports (empty: all) are the
+	// inbound ports the workload serves or the outbound ports it calls. Each entry adds its
+	// own insertion; the filter runs once per request whichever entries match it. Exclusive
+	// with patchContext, the original's field, which keeps working as before.
+	Match []TrafficSelectorApplyConfiguration `json:"match,omitempty"`
+	// failStrategy is what a proxy does when the filter cannot run. "FailClose" (the default)
+	// answers the request with an error; "FailOpen" lets the request through without the
+	// filter; "FailReload" (Istio 1.23 and later) starts a new VM and retries. It becomes
+	// Envoy's failure_policy, and in ECDS delivery it is also what istio-agent puts in the
+	// filter's place when it cannot fetch the module: a deny-all filter for FailClose and
+	// FailReload, an allow-all filter for FailOpen.
+	FailStrategy *apiv1.FailStrategy `json:"failStrategy,omitempty"`
+	// phase places the filter in the HTTP filter chain among Istio's own filters, with the
+	// names of Istio's WasmPlugin: "AUTHN" and "AUTHZ" at the head of the chain, before
+	// Istio's authentication and authorization filters (all AUTHN filters before all AUTHZ
+	// filters); "STATS" and "UNSPECIFIED" (the default) just before the router, after Istio's
+	// own filters (STATS first). Phases other than UNSPECIFIED need Istio 1.10 or later.
+	Phase *apiv1.Phase `json:"phase,omitempty"`
+	// priority orders the filters of one phase on a workload: higher runs first. Filters of
+	// equal phase and priority run in the order of their FilterDeployments' names, never in
+	// the order they were created. Default 0.
+	Priority *int32 `json:"priority,omitempty"`
+	// vmConfig configures the filter's VM.
+	VMConfig *VMConfigApplyConfiguration `json:"vmConfig,omitempty"`
 }
 
 // FilterSpecApplyConfiguration constructs a declarative configuration of the FilterSpec type for use with
@@ -117,5 +145,50 @@ func (b *FilterSpecApplyConfiguration) WithPatchContext(value string) *FilterSpe
 // If called multiple times, the Verify field is set to the value of the last call.
 func (b *FilterSpecApplyConfiguration) WithVerify(value *ImageVerificationApplyConfiguration) *FilterSpecApplyConfiguration {
 	b.Verify = value
+	return b
+}
+
+// WithMatch adds the given value to the Match field in the declarative configuration
+// and returns the receiver, so that objects can be build by chaining "With" function invocations.
+// If called multiple times, values provided by each call will be appended to the Match field.
+func (b *FilterSpecApplyConfiguration) WithMatch(values ...*TrafficSelectorApplyConfiguration) *FilterSpecApplyConfiguration {
+	for i := range values {
+		if values[i] == nil {
+			panic("nil value passed to WithMatch")
+		}
+		b.Match = append(b.Match, *values[i])
+	}
+	return b
+}
+
+// WithFailStrategy sets the FailStrategy field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the FailStrategy field is set to the value of the last call.
+func (b *FilterSpecApplyConfiguration) WithFailStrategy(value apiv1.FailStrategy) *FilterSpecApplyConfiguration {
+	b.FailStrategy = &value
+	return b
+}
+
+// WithPhase sets the Phase field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Phase field is set to the value of the last call.
+func (b *FilterSpecApplyConfiguration) WithPhase(value apiv1.Phase) *FilterSpecApplyConfiguration {
+	b.Phase = &value
+	return b
+}
+
+// WithPriority sets the Priority field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the Priority field is set to the value of the last call.
+func (b *FilterSpecApplyConfiguration) WithPriority(value int32) *FilterSpecApplyConfiguration {
+	b.Priority = &value
+	return b
+}
+
+// WithVMConfig sets the VMConfig field in the declarative configuration to the given value
+// and returns the receiver, so that objects can be built by chaining "With" function invocations.
+// If called multiple times, the VMConfig field is set to the value of the last call.
+func (b *FilterSpecApplyConfiguration) WithVMConfig(value *VMConfigApplyConfiguration) *FilterSpecApplyConfiguration {
+	b.VMConfig = value
 	return b
 }
