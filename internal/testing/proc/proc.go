@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -50,7 +51,7 @@ func Start(name, bin string, args []string, logPath string, o Options) (*Process
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), o.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := startOnLockedThread(cmd); err != nil {
 		_ = logf.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
@@ -61,6 +62,28 @@ func Start(name, bin string, args []string, logPath string, o Options) (*Process
 		close(p.exited)
 	}()
 	return p, nil
+}
+
+// Pdeathsig fires when the OS thread that forked the child exits, not the process: Go ends a
+// thread whose goroutine exits while locked to it, which the network-namespace helpers
+// (internal/testing/netns) do by design, and a registry or istiod forked earlier from that
+// thread was killed in the middle of the test run. Children are therefore forked from one
+// thread that stays locked, and alive, for the life of the test binary.
+var forks = make(chan func())
+
+func init() {
+	go func() {
+		runtime.LockOSThread()
+		for f := range forks {
+			f()
+		}
+	}()
+}
+
+func startOnLockedThread(cmd *exec.Cmd) error {
+	errc := make(chan error, 1)
+	forks <- func() { errc <- cmd.Start() }
+	return <-errc
 }
 
 // Pid is the process id.
