@@ -116,6 +116,9 @@ func TestPilotAgentWithStandIn(t *testing.T) {
 	if err := cluster.Client.Create(ctx, ef); err != nil {
 		t.Fatal(err)
 	}
+	// The EnvoyFilter selects details-v1, which the other tests' sidecars stand in for, and its
+	// module exists only in this test's directory: it would be refused by their sidecars until
+	// istiod pushes its removal. This file sorts last so that no test runs after it.
 	t.Cleanup(func() { _ = cluster.Client.Delete(ctx, ef) })
 	// curl as the proxy's uid, as the seed's kubectl exec -c istio-proxy does: istio-iptables
 	// sends the proxy's own traffic to its pod IP back to the inbound listener (15006).
