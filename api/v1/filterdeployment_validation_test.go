@@ -74,7 +74,7 @@ func TestSeedFilterDeploymentIsAccepted(t *testing.T) {
 			cols = append(cols, c.Name)
 		}
 	}
-	if got, want := strings.Join(cols, " "), "Name Image Ready Workloads Age"; got != want {
+	if got, want := strings.Join(cols, " "), "Name Image Ready Workloads Programmed Proxies Age"; got != want {
 		t.Errorf("kubectl get fd columns = %q, want %q", got, want)
 	}
 	if len(table.Rows) != 1 || table.Rows[0].Cells[1] != "registry.example.com/ryysud/custom-header:v0.1" {
