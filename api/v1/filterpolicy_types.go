@@ -10,7 +10,13 @@ import (
 type FilterPolicySpec struct {
 	// namespaceSelector picks the namespaces whose FilterDeployments this policy governs, by
 	// their labels; empty or absent selects every namespace.
+	// The API server refuses a selector whose expressions the operator could not use (an
+	// unknown operator, In or NotIn without values, Exists or DoesNotExist with values), as
+	// the operator fails closed on one: every namespace's images would be refused.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="matchExpressions: operator must be one of In, NotIn, Exists, DoesNotExist"
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, !(e.operator in ['In', 'NotIn']) || (has(e.values) && size(e.values) > 0))",message="matchExpressions: In and NotIn need values"
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, !(e.operator in ['Exists', 'DoesNotExist']) || !has(e.values) || size(e.values) == 0)",message="matchExpressions: Exists and DoesNotExist take no values"
 	NamespaceSelector *metav1.LabelSelector `json:"namespaceSelector,omitempty"`
 
 	// allowedRegistries: the image must be in one of these. An entry is a registry host

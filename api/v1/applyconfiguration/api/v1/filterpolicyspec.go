@@ -29,6 +29,9 @@ import (
 type FilterPolicySpecApplyConfiguration struct {
 	// namespaceSelector picks the namespaces whose FilterDeployments this policy governs, by
 	// their labels; empty or absent selects every namespace.
+	// The API server refuses a selector whose expressions the operator could not use (an
+	// unknown operator, In or NotIn without values, Exists or DoesNotExist with values), as
+	// the operator fails closed on one: every namespace's images would be refused.
 	NamespaceSelector *metav1.LabelSelectorApplyConfiguration `json:"namespaceSelector,omitempty"`
 	// allowedRegistries: the image must be in one of these. An entry is a registry host
 	// ("registry.example.com", "registry.example.com:5000"), which allows all of its
