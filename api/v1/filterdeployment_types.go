@@ -257,9 +257,8 @@ type ImageVerification struct {
 // more "PUBLIC KEY" blocks, as cosign.pub). For a FilterDeployment it is read from the
 // FilterDeployment's namespace; for a FilterPolicy from the operator's namespace.
 type KeyReference struct {
-	// kind is Secret or ConfigMap. A ConfigMap (public keys are not secret) is watched: a
-	// change re-verifies at once. A Secret is read on every pass and re-verified at least
-	// every resolve interval.
+	// kind is Secret or ConfigMap. Both are watched (metadata only): a change re-verifies at
+	// once.
 	// +required
 	// +kubebuilder:validation:Enum=Secret;ConfigMap
 	Kind string `json:"kind"`

@@ -176,11 +176,12 @@ func (r *FilterDeploymentReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// changes a workload's total; istiod's state changes come through proxyEvents.
 		Watches(&corev1.Pod{}, inNamespace, builder.OnlyMetadata, builder.WithPredicates(podPredicate{})).
 		WatchesRawSource(source.Channel(r.proxyEvents, &handler.TypedEnqueueRequestForObject[*wasmev1.FilterDeployment]{})).
-		// Policies and the ConfigMaps holding public keys: a change re-verifies at once.
-		// ConfigMaps are watched as metadata only; Secrets are not watched at all (that needs
-		// list on every Secret of the cluster), see readKeys.
+		// Policies and the ConfigMaps and Secrets holding public keys: a change re-verifies at
+		// once. Both are watched as metadata only (see verify.go).
 		Watches(&wasmev1.FilterPolicy{}, handler.EnqueueRequestsFromMapFunc(r.allFilterDeployments)).
-		WatchesMetadata(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsForKeys),
+		WatchesMetadata(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsForKeys("ConfigMap")),
+			builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
+		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.filterDeploymentsForKeys("Secret")),
 			builder.WithPredicates(predicate.ResourceVersionChangedPredicate{})).
 		Named("filterdeployment").
 		// Failures back off from a quarter second to two minutes at most (not the default 16

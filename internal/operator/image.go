@@ -29,7 +29,7 @@ func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *was
 	}
 	opts, err := r.pullOptions(ctx, fd)
 	if err != nil {
-		// Secrets are not watched (the operator may not list them): look again soon.
+		// The Secret watch maps only key Secrets to their FilterDeployments: look again soon.
 		return stepResult{}, waiting(wasmev1.ImageFailedReason, 30*time.Second, err)
 	}
 	// Statuses name the image as the spec does; cache keys use the parsed reference.
@@ -61,12 +61,6 @@ func (r *FilterDeploymentReconciler) reconcileImage(ctx context.Context, fd *was
 	reqs, err := r.requirements(ctx, fd, policies)
 	if err != nil {
 		return res, err
-	}
-	for _, req := range reqs {
-		// Secrets are not watched: a rotated key is seen at the next pass, at the latest then.
-		if req.fromSecret {
-			res = res.merge(stepResult{requeueAfter: r.ResolveInterval})
-		}
 	}
 
 	digest, err := r.resolve(ctx, fd, ref, opts)

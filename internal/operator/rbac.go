@@ -3,8 +3,9 @@
 package operator
 
 // The operator's permissions; `make manifests` turns these into config/rbac/operator/role.yaml.
-// Secrets are read one by one (get) from the FilterDeployment's namespace, never listed or cached;
-// ConfigMaps too (public keys for signatures), and watched as metadata only to re-verify;
+// Secrets are read one by one (get) from the FilterDeployment's namespace, never cached; they
+// and ConfigMaps (public keys for signatures) are watched as metadata only, to re-verify when a
+// key rotates: list and watch on Secrets, though the operator never lists their data;
 // namespaces only for the admin's wasme.io/allow-insecure-registries label.
 // Workloads are only patched (server-side apply), never updated or created.
 // Pods are read (their metadata only) to count each workload's proxies for Programmed.
@@ -16,7 +17,7 @@ package operator
 // +kubebuilder:rbac:groups=wasme.io,resources=modulesets,verbs=get;list;watch;create;patch;update
 // +kubebuilder:rbac:groups=apps,resources=deployments;daemonsets;statefulsets,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=networking.istio.io,resources=envoyfilters,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
 // +kubebuilder:rbac:groups=wasme.io,resources=filterpolicies,verbs=get;list;watch

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	wasmev1 "wasme.io/wasme/api/v1"
@@ -34,8 +35,6 @@ type SignatureVerifier interface {
 type requirement struct {
 	by   string
 	keys []signing.PublicKey
-	// fromSecret: a key came from a Secret, which is not watched.
-	fromSecret bool
 }
 
 // applicablePolicies returns the FilterPolicies whose namespace selector matches namespace,
@@ -118,8 +117,8 @@ func (r *FilterDeploymentReconciler) policyNamespace() string {
 	return cmp.Or(r.PolicyNamespace, "wasme")
 }
 
-// readKeys reads and parses the public keys of refs from namespace, uncached: a rotated key
-// is used at the next pass.
+// readKeys reads and parses the public keys of refs from namespace, uncached (the watches
+// see only metadata): a rotated key is used at the pass its change brings.
 func (r *FilterDeploymentReconciler) readKeys(ctx context.Context, namespace string, refs []wasmev1.KeyReference, by string) (requirement, error) {
 	req := requirement{by: by}
 	for _, k := range refs {
@@ -127,7 +126,6 @@ func (r *FilterDeploymentReconciler) readKeys(ctx context.Context, namespace str
 		var data []byte
 		switch k.Kind {
 		case "Secret":
-			req.fromSecret = true
 			var s corev1.Secret
 			if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: k.Name}, &s); err != nil {
 				return req, keyReadError(by, "Secret", namespace, k.Name, err)
@@ -269,33 +267,36 @@ func (r *FilterDeploymentReconciler) allFilterDeployments(ctx context.Context, _
 	return out
 }
 
-// filterDeploymentsForKeys maps a ConfigMap change to the FilterDeployments that read keys
-// from it: those of its namespace naming it in spec.filter.verify, and, in the operator's
-// namespace, every FilterDeployment (a policy's keys may concern any).
-func (r *FilterDeploymentReconciler) filterDeploymentsForKeys(ctx context.Context, o client.Object) []reconcile.Request {
-	if o.GetNamespace() == r.policyNamespace() {
-		var policies wasmev1.FilterPolicyList
-		if err := r.List(ctx, &policies); err == nil {
-			for _, p := range policies.Items {
-				for _, k := range p.Spec.RequiredKeys {
-					if k.Kind == "ConfigMap" && k.Name == o.GetName() {
+// filterDeploymentsForKeys maps a change of a ConfigMap or Secret (kind) to the
+// FilterDeployments that read keys from it: those of its namespace naming it in
+// spec.filter.verify, and, in the operator's namespace, every FilterDeployment when a policy
+// names it (a policy's keys may concern any). The watch sees metadata only: which object
+// changed, never its data, so the cache holds no Secret's content; the pass reads the value.
+func (r *FilterDeploymentReconciler) filterDeploymentsForKeys(kind string) handler.MapFunc {
+	return func(ctx context.Context, o client.Object) []reconcile.Request {
+		names := func(refs []wasmev1.KeyReference) bool {
+			return slices.ContainsFunc(refs, func(k wasmev1.KeyReference) bool { return k.Kind == kind && k.Name == o.GetName() })
+		}
+		if o.GetNamespace() == r.policyNamespace() {
+			var policies wasmev1.FilterPolicyList
+			if err := r.List(ctx, &policies); err == nil {
+				for _, p := range policies.Items {
+					if names(p.Spec.RequiredKeys) {
 						return r.allFilterDeployments(ctx, o)
 					}
 				}
 			}
 		}
-	}
-	var list wasmev1.FilterDeploymentList
-	if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace())); err != nil {
-		return nil
-	}
-	var out []reconcile.Request
-	for _, fd := range list.Items {
-		if v := fd.Spec.Filter.Verify; v != nil && slices.ContainsFunc(v.Keys, func(k wasmev1.KeyReference) bool {
-			return k.Kind == "ConfigMap" && k.Name == o.GetName()
-		}) {
-			out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&fd)})
+		var list wasmev1.FilterDeploymentList
+		if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace())); err != nil {
+			return nil
 		}
+		var out []reconcile.Request
+		for _, fd := range list.Items {
+			if v := fd.Spec.Filter.Verify; v != nil && names(v.Keys) {
+				out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&fd)})
+			}
+		}
+		return out
 	}
-	return out
 }
